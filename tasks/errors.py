@@ -1,0 +1,163 @@
+"""The project's one exception tree.
+
+It lives in the pure core because the core must be able to say "this job is invalid"
+or "this model output is unreadable" without importing the runtime shell; the shell
+(`worker/`) translates botocore, google-genai and Pillow errors into these classes at
+its boundary, always ``raise ... from exc``.
+
+    GvwError
+    ├── PermanentError               never retried: error.json at once
+    │   ├── InvalidJob               invalid_job
+    │   ├── InputNotAllowed          input_not_allowed
+    │   ├── InputNotFound            input_not_found
+    │   ├── InvalidImage             invalid_image
+    │   ├── TooLarge                 too_large
+    │   ├── ModelBlocked             model_blocked      (safety block: a final answer)
+    │   ├── ModelRejected            model_error        (4xx: the request as sent is wrong)
+    │   └── QuotaExhausted           quota_exhausted    (per-day quota: waiting, not retrying)
+    ├── ModelOutputInvalid           model_output_invalid, retried a bounded number of times
+    └── RetryableError               retried with backoff, then error.json
+        ├── ModelRateLimited         429 per-minute quota, carries retry_after_s
+        ├── ModelUnavailable         500/502/503/504, timeouts, connection resets
+        └── StorageUnavailable       S3 5xx, SlowDown, timeouts
+
+Each class carries its stable ``code`` (CONTRACT.md's error codes) so the task decides
+retry or failure from the type alone. Instances pickle cleanly (they cross Celery).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class GvwError(Exception):
+    """Base of every error the worker reports. ``code`` is the contract's error code."""
+
+    code: ClassVar[str] = "internal"
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = details
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # keyword details would be lost by Exception's default pickling
+        return (_rebuild, (type(self), self.message, self.details))
+
+    def to_record(self) -> dict[str, Any]:
+        """The `error` object of error.json."""
+        record: dict[str, Any] = {
+            "code": self.code,
+            "message": self.message,
+            "retryable": False,  # an error record is only written once retrying is over
+        }
+        record.update({k: v for k, v in self.details.items() if v is not None})
+        return record
+
+
+def _rebuild(cls: type[GvwError], message: str, details: dict[str, Any]) -> GvwError:
+    err = cls.__new__(cls)
+    GvwError.__init__(err, message, **details)
+    return err
+
+
+class PermanentError(GvwError):
+    retryable = False
+
+
+class InvalidJob(PermanentError):
+    code = "invalid_job"
+
+
+class InputNotAllowed(PermanentError):
+    code = "input_not_allowed"
+
+
+class InputNotFound(PermanentError):
+    code = "input_not_found"
+
+
+class InvalidImage(PermanentError):
+    code = "invalid_image"
+
+
+class TooLarge(PermanentError):
+    code = "too_large"
+
+
+class ModelBlocked(PermanentError):
+    code = "model_blocked"
+
+
+class ModelRejected(PermanentError):
+    """A 4xx from Gemini (bad request, auth, unknown model): repeating it cannot help."""
+
+    code = "model_error"
+
+
+class QuotaExhausted(PermanentError):
+    code = "quota_exhausted"
+
+
+class WorkerLost(PermanentError):
+    """The job kept killing its worker: dead-lettered after GVW_MAX_DELIVERIES deliveries."""
+
+    code = "internal"
+
+
+class ModelOutputInvalid(GvwError):
+    """The model answered, but not in a form we can read.
+
+    Retried a bounded number of times (models are not deterministic), then final.
+    ``raw_text`` is kept in error.json so a human can see what the model said.
+    """
+
+    code = "model_output_invalid"
+    retryable = True
+
+    def __init__(self, message: str, *, raw_text: str | None = None, **details: Any) -> None:
+        super().__init__(message, raw_text=raw_text, **details)
+
+    @property
+    def raw_text(self) -> str | None:
+        value = self.details.get("raw_text")
+        return value if isinstance(value, str) else None
+
+
+class RetryableError(GvwError):
+    retryable = True
+
+
+class ModelRateLimited(RetryableError):
+    """429 RESOURCE_EXHAUSTED on a per-minute quota."""
+
+    code = "quota_exhausted"
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None, **details: Any) -> None:
+        super().__init__(message, retry_after_s=retry_after_s, **details)
+
+    @property
+    def retry_after_s(self) -> float | None:
+        value = self.details.get("retry_after_s")
+        return float(value) if value is not None else None
+
+
+class ModelUnavailable(RetryableError):
+    code = "model_error"
+
+
+class StorageUnavailable(RetryableError):
+    code = "internal"
+
+
+class AttemptTimedOut(RetryableError):
+    """The attempt ran past the soft time limit: tried again a bounded number of times."""
+
+    code = "internal"
+
+
+class JobBusy(RetryableError):
+    """Another live worker holds this job's lock: come back shortly, when its result exists."""
+
+    code = "internal"

@@ -1,0 +1,49 @@
+"""Which images of one request go inline and which through the File API.
+
+Pure arithmetic over sizes. The inline limit is on the whole request as sent, so an
+inline image counts at its base64 size (4/3 of its bytes) plus the prompt and a margin
+for the JSON around them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+Transport = Literal["inline", "file_api"]
+
+# JSON keys, mime types and generation config around the parts of a request
+REQUEST_OVERHEAD_BYTES = 4096
+
+
+def base64_size(size_bytes: int) -> int:
+    return 4 * ((size_bytes + 2) // 3)
+
+
+def plan_transports(
+    sizes_bytes: Sequence[int],
+    cached: Sequence[bool],
+    *,
+    prompt_bytes: int,
+    inline_max_bytes: int,
+) -> list[Transport]:
+    """Cached uploads go by URI whatever their size; then, while the inline request would
+    pass `inline_max_bytes`, the largest remaining image moves to the File API."""
+    if len(sizes_bytes) != len(cached):
+        raise ValueError("sizes_bytes and cached differ in length")
+    plan: list[Transport] = ["file_api" if hit else "inline" for hit in cached]
+    total = (
+        REQUEST_OVERHEAD_BYTES
+        + prompt_bytes
+        + sum(base64_size(size) for size, hit in zip(sizes_bytes, cached, strict=True) if not hit)
+    )
+    # largest first: the fewest uploads that bring the request under the limit
+    candidates = sorted(
+        (i for i, hit in enumerate(cached) if not hit), key=lambda i: (-sizes_bytes[i], i)
+    )
+    for index in candidates:
+        if total <= inline_max_bytes:
+            break
+        plan[index] = "file_api"
+        total -= base64_size(sizes_bytes[index])
+    return plan
