@@ -1,0 +1,461 @@
+"""`gvw`: submit jobs, read their results, run workers, the demo and the emulator.
+
+Exit status 0 on success; otherwise non-zero with a one-line reason on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from tasks.errors import GvwError
+from worker.bridge.cli import add_bridge_parser, run_bridge
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the job failed, or there is no record yet
+EXIT_USAGE = 2
+
+_EPILOG = """\
+examples:
+  gvw demo                                   # the whole pipeline, no services, no API key
+  gvw worker --concurrency 8                 # a worker on CELERY_BROKER_URL (threads pool)
+  gvw submit detect s3://inbox/a.jpg --prompt "the cupcakes" --wait
+  gvw submit classify s3://inbox/a.jpg --label cat --label dog --job-id a-0001
+  gvw status a-0001 ; gvw result a-0001 --json
+  gvw enqueue-prefix s3://inbox/2026/ --task caption --suffix .jpg,.png --wait
+  gvw emulator --port 8765                   # a local Gemini REST emulator
+  gvw files list ; gvw files purge --all     # File API uploads shared by the fleet
+  gvw dead-letters list ; gvw dead-letters replay a-0001
+  gvw bridge sqs --queue-url URL --rules rules.json   # S3 upload events -> jobs
+
+configuration comes from the environment (GEMINI_API_KEY, GEMINI_BASE_URL,
+CELERY_BROKER_URL, GVW_REDIS_URL, GVW_RESULTS_URI, GVW_ALLOWED_INPUTS, ...): see README.md.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gvw",
+        description="Gemini Vision Worker: Gemini image understanding on Celery workers.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    submit = sub.add_parser(
+        "submit",
+        help="enqueue one job and print its id",
+        description="Enqueue one job on the `vision` queue.",
+    )
+    submit.add_argument(
+        "task",
+        metavar="TASK",
+        help="caption | vqa | classify | detect | segment | compare | custom",
+    )
+    submit.add_argument(
+        "images", metavar="URI", nargs="+", help="s3://bucket/key (or allowed file://)"
+    )
+    submit.add_argument("--prompt", help="question, instruction, or what to find")
+    submit.add_argument(
+        "--label",
+        action="append",
+        dest="labels",
+        metavar="L",
+        help="a candidate label for classify (repeat the flag)",
+    )
+    submit.add_argument("--job-id", help="idempotency key; generated when absent")
+    submit.add_argument("--output", metavar="URI", help="results base (default GVW_RESULTS_URI)")
+    submit.add_argument("--model", metavar="M", help="Gemini model (default GVW_MODEL)")
+    submit.add_argument(
+        "--schema", metavar="JSON", help="custom only: a JSON Schema (inline JSON or @file.json)"
+    )
+    submit.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    submit.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="with --wait: give up after S seconds (default 600)",
+    )
+    submit.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    bulk = sub.add_parser(
+        "enqueue-prefix",
+        help="one job per object under a prefix (reruns skip done work)",
+        description="Lists the objects under PREFIX (paginated) and submits one job each, "
+        "with a job id derived from bucket, key, ETag and the job options, so a second run "
+        "skips what is already committed.",
+    )
+    bulk.add_argument("prefix", metavar="PREFIX", help="s3://bucket/prefix (or allowed file://)")
+    bulk.add_argument("--task", required=True, help="the task for every object")
+    bulk.add_argument(
+        "--suffix",
+        default="",
+        metavar=".jpg,.png",
+        help="only keys ending with one of these (comma-separated, any case)",
+    )
+    bulk.add_argument("--prompt")
+    bulk.add_argument("--label", action="append", dest="labels", metavar="L")
+    bulk.add_argument("--output", metavar="URI")
+    bulk.add_argument("--model", metavar="M")
+    bulk.add_argument("--schema", metavar="JSON", help="custom only: inline JSON or @file.json")
+    bulk.add_argument("--wait", action="store_true", help="wait for every job and summarise")
+    bulk.add_argument("--timeout", type=float, default=3600.0, metavar="S")
+
+    for name, helptext in (("status", "show a job's state"), ("result", "print a job's result")):
+        cmd = sub.add_parser(name, help=helptext, description=helptext.capitalize() + ".")
+        cmd.add_argument("job_id", metavar="JOB_ID")
+        cmd.add_argument("--output", metavar="URI", help="results base the job used")
+        cmd.add_argument("--json", action="store_true", help="print JSON")
+
+    worker = sub.add_parser(
+        "worker",
+        help="run a worker with the project's defaults",
+        description="Same as `celery -A worker worker -Q vision` with an "
+        "I/O-bound thread pool by default.",
+    )
+    worker.add_argument("--concurrency", type=int, default=8, metavar="N")
+    worker.add_argument("--pool", choices=("threads", "prefork", "solo"), default="threads")
+    worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument("--hostname", default=None, help="worker node name (celery -n)")
+
+    demo = sub.add_parser(
+        "demo",
+        help="the whole pipeline on embedded defaults",
+        description="Runs every task through a real Celery worker with an "
+        "embedded broker, local storage under ./gvw-demo/ and the Gemini "
+        "emulator in-process. No services and no API key needed.",
+    )
+    demo.add_argument("--dir", default="gvw-demo", help="working folder (default ./gvw-demo)")
+    demo.add_argument(
+        "--images",
+        metavar="DIR",
+        help="with GEMINI_API_KEY set: run on your own images against Google",
+    )
+    demo.add_argument("--model", default=None, help="model name (default GVW_MODEL)")
+
+    emulator = sub.add_parser(
+        "emulator",
+        help="run the Gemini REST emulator",
+        description="A local server speaking Gemini's REST API; point "
+        "workers at it with GEMINI_BASE_URL=http://HOST:PORT.",
+    )
+    emulator.add_argument("--host", default="127.0.0.1")
+    emulator.add_argument("--port", type=int, default=8765)
+    emulator.add_argument("--api-key", default=None, help="require this x-goog-api-key")
+    files = sub.add_parser(
+        "files",
+        help="File API uploads: list the cache, purge uploads",
+        description="Images sent through the Gemini File API are cached "
+        "fleet-wide in GVW_REDIS_URL, per API key and endpoint.",
+    )
+    files_sub = files.add_subparsers(dest="files_command", metavar="ACTION", required=True)
+    files_list = files_sub.add_parser("list", help="what the cache holds (hash, size, expiry, URI)")
+    files_list.add_argument("--json", action="store_true", help="print JSON lines")
+    files_purge = files_sub.add_parser(
+        "purge",
+        help="delete this project's uploads from Gemini",
+        description="Deletes uploads made by gvw (display name gvw-*). By default only those "
+        "the cache no longer uses (--expired-only); --all deletes every one and empties the "
+        "cache (running jobs then upload again once).",
+    )
+    scope = files_purge.add_mutually_exclusive_group()
+    scope.add_argument(
+        "--expired-only",
+        dest="expired_only",
+        action="store_true",
+        default=True,
+        help="only uploads past the cache's safety margin (default)",
+    )
+    scope.add_argument(
+        "--all", dest="expired_only", action="store_false", help="every gvw upload of this project"
+    )
+    add_bridge_parser(sub)
+
+    dead = sub.add_parser(
+        "dead-letters",
+        help="jobs that failed for good: list, replay",
+        description="Every job that ended in error.json is indexed in "
+        "GVW_REDIS_URL. Replay re-enqueues it with the same job id after "
+        "removing its error.json.",
+    )
+    dead_sub = dead.add_subparsers(dest="dead_command", metavar="ACTION", required=True)
+    dead_list = dead_sub.add_parser("list", help="job, code, message, attempts, when")
+    dead_list.add_argument("--limit", type=int, default=100)
+    dead_list.add_argument("--json", action="store_true", help="print JSON lines")
+    dead_replay = dead_sub.add_parser("replay", help="re-enqueue jobs with their job ids")
+    dead_replay.add_argument("job_ids", metavar="JOB_ID", nargs="+")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        handler = _HANDLERS[args.command]
+        return handler(args)
+    except GvwError as err:
+        _fail(f"{err.code}: {err.message}")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        _fail("interrupted")
+        return 130
+    except Exception as exc:
+        _fail(f"{exc.__class__.__name__}: {exc}")
+        return EXIT_FAILED
+
+
+def _fail(reason: str) -> None:
+    print(f"gvw: {reason.splitlines()[0] if reason else 'error'}", file=sys.stderr)
+
+
+# --- submit / status / result -------------------------------------------------------------
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from worker.client import VisionClient
+    from worker.jobs import new_job_id
+
+    job: dict[str, Any] = {"task": args.task, "images": list(args.images), **_job_options(args)}
+    job["job_id"] = args.job_id or new_job_id()
+    client = VisionClient()
+    job_id = client.submit(job)  # refused here, with the worker's own message, if invalid
+    if not args.wait:
+        print(json.dumps({"job_id": job_id}) if args.json else job_id)
+        return EXIT_OK
+    record = client.wait(job_id, args.timeout, output=args.output)
+    return _print_record(record, as_json=args.json)
+
+
+def _print_record(record: dict[str, Any], *, as_json: bool) -> int:
+    failed = record.get("status") != "succeeded"
+    if as_json:
+        print(json.dumps(record, indent=2, ensure_ascii=False))
+    elif failed:
+        err = record.get("error", {})
+        print(f"{record.get('job_id')}: failed: {err.get('code')}: {err.get('message')}")
+    else:
+        print(f"{record.get('job_id')}: succeeded ({record.get('task')}, {record.get('model')})")
+        print(json.dumps(record.get("output"), indent=2, ensure_ascii=False)[:4000])
+    if failed:
+        err = record.get("error", {})
+        _fail(f"job failed: {err.get('code')}: {err.get('message')}")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _job_options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for key in ("prompt", "output", "model"):
+        if getattr(args, key, None):
+            options[key] = getattr(args, key)
+    if getattr(args, "labels", None):
+        options["labels"] = args.labels
+    if getattr(args, "schema", None):
+        text = args.schema
+        if text.startswith("@"):
+            with open(text[1:], encoding="utf-8") as handle:
+                text = handle.read()
+        options["response_schema"] = json.loads(text)
+    return options
+
+
+def _cmd_enqueue_prefix(args: argparse.Namespace) -> int:
+    from worker.bulk import Progress, enqueue_prefix, wait_all
+    from worker.client import VisionClient
+    from worker.settings import get_settings
+    from worker.storage import StoreRouter
+
+    settings = get_settings()
+    template = {"task": args.task, **_job_options(args)}
+    suffixes = tuple(s.strip().lower() for s in args.suffix.split(",") if s.strip())
+    stores = StoreRouter(
+        connect_timeout_s=settings.gvw_s3_connect_timeout_s,
+        read_timeout_s=settings.gvw_s3_read_timeout_s,
+    )
+    client = VisionClient(settings=settings, stores=stores)
+    summary = enqueue_prefix(
+        client, stores.list_objects(args.prefix), template, suffixes=suffixes, progress=Progress
+    )
+    if args.wait and summary.submitted:
+        wait_all(
+            client,
+            summary,
+            output=template.get("output"),
+            timeout_s=args.timeout,
+            progress=Progress,
+        )
+    for line in summary.lines():
+        print(line)
+    if summary.failed_by_code or summary.pending:
+        _fail(f"{sum(summary.failed_by_code.values())} failed, {summary.pending} pending")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from worker.client import VisionClient
+
+    state = VisionClient().status(args.job_id, output=args.output)
+    info: dict[str, Any] = {"job_id": state.job_id, "status": state.state}
+    if state.uri:
+        info["uri"] = state.uri
+    if state.error_code:
+        info["error"] = state.error_code
+    if args.json:
+        print(json.dumps(info))
+    else:
+        print(" ".join(f"{k}={v}" for k, v in info.items()))
+    return EXIT_OK
+
+
+def _cmd_result(args: argparse.Namespace) -> int:
+    from worker.client import VisionClient
+
+    record = VisionClient().result(args.job_id, output=args.output)
+    if record is None:
+        _fail(f"no result for {args.job_id} yet (gvw status {args.job_id})")
+        return EXIT_FAILED
+    return _print_record(record, as_json=args.json)
+
+
+# --- worker / demo / emulator --------------------------------------------------------------
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from worker.app import QUEUE, app
+
+    argv = [
+        "worker",
+        "-Q",
+        QUEUE,
+        "--pool",
+        args.pool,
+        "--concurrency",
+        str(args.concurrency),
+        "--loglevel",
+        args.loglevel,
+    ]
+    if args.hostname:
+        argv += ["--hostname", args.hostname]
+    app.worker_main(argv)
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from worker.demo import run_demo
+
+    return run_demo(workdir=args.dir, images_dir=args.images, model=args.model)
+
+
+def _cmd_emulator(args: argparse.Namespace) -> int:
+    from worker.emulator.server import serve
+
+    serve(host=args.host, port=args.port, api_key=args.api_key)
+    return EXIT_OK
+
+
+def _cmd_files(args: argparse.Namespace) -> int:
+    from worker.file_admin import cached_files, purge
+    from worker.runtime import build_ports
+    from worker.settings import get_settings
+
+    settings = get_settings()
+    ports = build_ports(settings)
+    if args.files_command == "list":
+        entries = cached_files(ports.files)
+        now = time.time()
+        for entry in entries:
+            if args.json:
+                print(json.dumps(entry.__dict__))
+                continue
+            left_h = (entry.expires_at - now) / 3600
+            print(
+                f"{entry.sha256[:16]}  {entry.size_bytes:>12,} B  expires in {left_h:5.1f} h  "
+                f"{entry.uri}"
+            )
+        if not args.json:
+            counters = ports.files.counters()
+            summary = ", ".join(f"{k}={v}" for k, v in sorted(counters.items())) or "none yet"
+            print(f"{len(entries)} cached uploads; events: {summary}")
+        return EXIT_OK
+    report = purge(
+        ports.gemini,
+        ports.files,
+        expired_only=args.expired_only,
+        margin_s=settings.gvw_file_cache_margin_s,
+    )
+    print(f"deleted {len(report.deleted)} uploads, kept {report.kept}, failed {len(report.failed)}")
+    if report.failed:
+        _fail(f"could not delete {len(report.failed)} uploads: {', '.join(report.failed[:5])}")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _cmd_dead_letters(args: argparse.Namespace) -> int:
+    from worker.layout import error_uri
+    from worker.producer import send_job
+    from worker.runtime import build_ports
+    from worker.settings import get_settings
+
+    settings = get_settings()
+    ports = build_ports(settings)
+    if args.dead_command == "list":
+        letters = list(ports.deliveries.dead_letters(limit=args.limit))
+        for letter in letters:
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(letter.when))
+            if args.json:
+                print(
+                    json.dumps(
+                        {
+                            "job_id": letter.job_id,
+                            "code": letter.code,
+                            "message": letter.message,
+                            "attempts": letter.attempts,
+                            "when": when,
+                        }
+                    )
+                )
+            else:
+                print(
+                    f"{when}  {letter.job_id}  {letter.code}  attempts={letter.attempts}  "
+                    f"{letter.message[:120]}"
+                )
+        if not args.json:
+            print(f"{len(letters)} dead letters")
+        return EXIT_OK
+    failures = 0
+    for job_id in args.job_ids:
+        found = ports.deliveries.get(job_id)
+        if found is None or found.job is None:
+            _fail(f"{job_id}: no dead letter with a stored job to replay")
+            failures += 1
+            continue
+        output = found.job.get("output") if isinstance(found.job.get("output"), str) else None
+        ports.stores.delete(error_uri(job_id, output, settings))
+        ports.deliveries.forget(job_id)
+        ports.deliveries.remove(job_id)
+        send_job({**found.job, "job_id": job_id})
+        print(f"{job_id}: re-enqueued")
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+_HANDLERS = {
+    "submit": _cmd_submit,
+    "status": _cmd_status,
+    "result": _cmd_result,
+    "worker": _cmd_worker,
+    "demo": _cmd_demo,
+    "emulator": _cmd_emulator,
+    "files": _cmd_files,
+    "dead-letters": _cmd_dead_letters,
+    "enqueue-prefix": _cmd_enqueue_prefix,
+    "bridge": run_bridge,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

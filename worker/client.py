@@ -1,0 +1,150 @@
+"""Client library for backend services: submit jobs, follow them, read their results.
+
+    from worker.client import VisionClient
+    client = VisionClient()                      # CELERY_BROKER_URL, GVW_RESULTS_URI, ...
+    job_id = client.submit({"task": "caption", "images": ["s3://inbox/a.jpg"]})
+    record = client.wait(job_id, timeout_s=120)  # result.json (or error.json) as a dict
+
+Light to import: Celery (to send), pydantic (to validate), and boto3 only when an s3://
+result is first read; none of the worker's SDKs, image or numeric libraries. A job is
+validated here exactly as the worker will validate it, so a bad job fails in the caller's
+hands with a message naming the field, and the Celery task id is the job id.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from worker.jobs import new_job_id, parse_job
+from worker.layout import error_uri, result_uri
+from worker.producer import send_job
+from worker.settings import Settings, get_settings
+from worker.storage import StoreRouter
+
+State = Literal["succeeded", "failed", "pending", "started", "retry"]
+
+_MAX_RECORD_BYTES = 64_000_000
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    job_id: str
+    state: State
+    uri: str | None = None  # result.json or error.json, once there is one
+    error_code: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.state in ("succeeded", "failed")
+
+
+class VisionClient:
+    def __init__(
+        self,
+        *,
+        broker_url: str | None = None,
+        settings: Settings | None = None,
+        stores: StoreRouter | None = None,
+    ) -> None:
+        self._settings = settings or get_settings()
+        self._broker_url = broker_url or self._settings.celery_broker_url
+        self._stores = stores or StoreRouter(
+            connect_timeout_s=self._settings.gvw_s3_connect_timeout_s,
+            read_timeout_s=self._settings.gvw_s3_read_timeout_s,
+        )
+
+    def submit(self, job: dict[str, Any]) -> str:
+        """Validate and enqueue one job; returns its job id (generated when absent)."""
+        data = dict(job)
+        data.setdefault("job_id", new_job_id())
+        parse_job(data)  # InvalidJob, naming the field, before anything is sent
+        return send_job(data, broker_url=self._broker_url)
+
+    def result(self, job_id: str, *, output: str | None = None) -> dict[str, Any] | None:
+        """result.json, or error.json for a failed job, or None while there is neither."""
+        for uri in (
+            result_uri(job_id, output, self._settings),
+            error_uri(job_id, output, self._settings),
+        ):
+            if self._stores.exists(uri):
+                record = json.loads(self._stores.get_bytes(uri, max_bytes=_MAX_RECORD_BYTES))
+                return dict(record)
+        return None
+
+    def status(self, job_id: str, *, output: str | None = None) -> JobStatus:
+        finished = self.finished(job_id, output=output)
+        return finished or JobStatus(job_id, self._queue_state(job_id))
+
+    def finished(self, job_id: str, *, output: str | None = None) -> JobStatus | None:
+        """The final state from storage alone (no broker round trip), or None."""
+        for uri in (
+            result_uri(job_id, output, self._settings),
+            error_uri(job_id, output, self._settings),
+        ):
+            if self._stores.exists(uri):
+                if uri.endswith("result.json"):
+                    return JobStatus(job_id, "succeeded", uri)
+                record = json.loads(self._stores.get_bytes(uri, max_bytes=_MAX_RECORD_BYTES))
+                return JobStatus(job_id, "failed", uri, record.get("error", {}).get("code"))
+        return None
+
+    def wait(
+        self, job_id: str, timeout_s: float = 600.0, *, output: str | None = None
+    ) -> dict[str, Any]:
+        """Poll until the job has its record (backing off to 2 s); TimeoutError past the
+        timeout. A failed job returns its error.json: check `record["status"]`."""
+        deadline = time.monotonic() + timeout_s
+        pause_s = 0.2
+        while True:
+            record = self.result(job_id, output=output)
+            if record is not None:
+                return record
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no result for {job_id} after {timeout_s:.0f} s")
+            time.sleep(min(pause_s, max(0.0, deadline - time.monotonic())))
+            pause_s = min(pause_s * 1.5, 2.0)
+
+    def _queue_state(self, job_id: str) -> State:
+        """started / retry / pending from Celery's result backend, when it answers."""
+        try:
+            from celery import Celery
+
+            backend_app = Celery(
+                "gvw-client",
+                broker=self._broker_url,
+                backend=self._settings.celery_result_backend,
+                set_as_current=False,
+            )
+            state = str(backend_app.AsyncResult(job_id).state).lower()
+        except Exception:
+            return "pending"
+        return {"started": "started", "retry": "retry"}.get(state, "pending")  # type: ignore[return-value]
+
+
+_default: VisionClient | None = None
+
+
+def _client() -> VisionClient:
+    global _default
+    if _default is None:
+        _default = VisionClient()
+    return _default
+
+
+def submit(job: dict[str, Any]) -> str:
+    return _client().submit(job)
+
+
+def status(job_id: str, *, output: str | None = None) -> JobStatus:
+    return _client().status(job_id, output=output)
+
+
+def wait(job_id: str, timeout_s: float = 600.0, *, output: str | None = None) -> dict[str, Any]:
+    return _client().wait(job_id, timeout_s, output=output)
+
+
+def result(job_id: str, *, output: str | None = None) -> dict[str, Any] | None:
+    return _client().result(job_id, output=output)

@@ -1,0 +1,542 @@
+"""Untrusted bytes in, an image Gemini may be sent out.
+
+Every image a job names passes through `prepare_image` before anything else looks at it:
+
+1. **Type by the bytes.** `sniff_image_format` reads magic numbers; the name and the
+   ``Content-Type`` of the object are never consulted (a PDF named ``.png`` is a PDF). Only
+   formats we decode are accepted; everything else is `InvalidImage` with a message that
+   says what the bytes look like.
+2. **Decode with a guard.** Pillow opens the bytes with exactly one decoder (the sniffed
+   one), the pixel count is checked against ``max_pixels`` *before* ``load()`` allocates
+   anything, Pillow's ``DecompressionBombWarning`` is an error inside the call, and
+   ``load()`` runs inside the guard so truncated or corrupt data is `InvalidImage`.
+3. **Upright.** An EXIF orientation other than 1 is applied, so the bytes sent, the size
+   recorded and the pixels drawn on all share one frame: the upright image.
+4. **Send the original when we can.** An upright PNG, JPEG, WebP or HEIC/HEIF in a plain
+   mode (RGB, RGBA, L) goes out byte for byte. Everything else is re-encoded once:
+   a rotated or CMYK JPEG as JPEG (quality 95), anything else as PNG (lossless).
+
+What is sent and why:
+
+    source                         sent as
+    -----------------------------  -------------------------------------------
+    PNG/JPEG/WebP/HEIC, upright    the original bytes, untouched
+    JPEG with orientation 2..8     JPEG q95, upright, ICC profile kept, no EXIF
+    CMYK JPEG                      RGB JPEG q95 (ICC-converted to sRGB if it has a profile)
+    other with orientation 2..8    PNG, upright
+    GIF, BMP, TIFF                 PNG of the first frame / page
+    animated PNG/WebP, HEIF seq.   PNG of the first (primary) frame
+    P, PA, LA, 1, I;16, I, F ...   PNG in RGB, RGBA or L (16-bit scaled to 8-bit)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+from tasks.errors import InvalidImage, TooLarge
+
+# 70 MP: every common camera (64 MP phone sensors, 61 MP full-frame bodies) passes, and
+# it stays below Pillow's own bomb threshold (Image.MAX_IMAGE_PIXELS, 89,478,485), so for
+# most oversized images our check, with its clear message, is the one that fires. RGBA at
+# this size is 280 MB before any conversion copy; Gemini downsamples far below it anyway.
+# The effective limit is min(max_pixels, Image.MAX_IMAGE_PIXELS): above Pillow's threshold
+# its warning, made an error here, refuses the image at open.
+DEFAULT_MAX_PIXELS: Final = 70_000_000
+
+# Re-encoding a rotated or CMYK JPEG costs one generation of loss; 95 keeps it invisible.
+JPEG_REENCODE_QUALITY: Final = 95
+
+MIME_BY_FORMAT: Final[dict[str, str]] = {
+    "PNG": "image/png",
+    "JPEG": "image/jpeg",
+    "WEBP": "image/webp",
+    "HEIC": "image/heic",
+    "HEIF": "image/heif",
+}
+"""Formats Gemini accepts as they are, by `sniff_image_format` name."""
+
+# The one Pillow decoder allowed for each sniffed format: bytes that sniff as PNG are never
+# handed to the TIFF or any other decoder, which keeps the attack surface to what we expect.
+_PILLOW_DECODER: Final[dict[str, str]] = {
+    "PNG": "PNG",
+    "JPEG": "JPEG",  # also yields MPO (multi-picture JPEG); its first picture is the JPEG
+    "WEBP": "WEBP",
+    "GIF": "GIF",
+    "BMP": "BMP",
+    "TIFF": "TIFF",
+    "HEIC": "HEIF",  # pillow-heif's plugin
+    "HEIF": "HEIF",
+}
+
+# Modes every Gemini-accepted format carries without surprises.
+_PLAIN_MODES: Final = frozenset({"RGB", "RGBA", "L"})
+
+# ISO-BMFF brands (the `ftyp` box). HEVC-coded ones are HEIC; the generic image/sequence
+# brands are HEIF unless a compatible brand says HEVC.
+_HEIC_BRANDS: Final = frozenset(
+    {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"}
+)
+_HEIF_BRANDS: Final = frozenset({b"mif1", b"msf1", b"mif2"})
+_AVIF_BRANDS: Final = frozenset({b"avif", b"avis"})
+# pillow-heif only accepts these as the *major* brand; anything else would not decode.
+_PILLOW_HEIF_MAJOR_BRANDS: Final = _HEIC_BRANDS | frozenset({b"mif1", b"msf1"})
+_VIDEO_BRANDS: Final = frozenset(
+    {b"isom", b"iso2", b"mp41", b"mp42", b"avc1", b"M4V ", b"M4A ", b"qt  ", b"3gp4", b"3gp5"}
+)
+
+# BITMAPINFOHEADER and its relatives: a real BMP names one of these sizes at offset 14.
+_BMP_DIB_HEADER_SIZES: Final = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image ready to send, and what the result records about it.
+
+    ``width_px`` and ``height_px`` are the upright image's (EXIF orientation applied): the
+    frame in which the model's boxes and masks are read. ``upright`` is that image, decoded
+    once, in RGB or RGBA, for drawing overlays: treat it as read-only (``copy()`` it before
+    drawing on it), it may share memory with the decoder.
+    """
+
+    data: bytes
+    mime_type: str
+    width_px: int
+    height_px: int
+    sha256: str
+    """Hex SHA-256 of the original input bytes (the identity of the input)."""
+    sent_sha256: str
+    """Hex SHA-256 of ``data`` (equal to ``sha256`` when the original is sent)."""
+    source_format: str
+    """What the bytes were, as `sniff_image_format` names it: "JPEG", "GIF", "HEIC", ..."""
+    converted: bool
+    """True when ``data`` is a re-encoding, False when it is the original bytes."""
+    upright: Image.Image = field(repr=False, compare=False)
+    exif_orientation: int = 1
+    """The EXIF orientation found and applied (1 = already upright)."""
+    decoder_warnings: tuple[str, ...] = ()
+    """Warnings the decoder raised on these bytes (e.g. corrupt EXIF), for the result."""
+    sent_size_px: tuple[int, int] | None = None
+    """(width, height) of ``data`` when it is a reduced copy (see `fit_within`)."""
+
+    @property
+    def sent_width_height_px(self) -> tuple[int, int]:
+        return self.sent_size_px or (self.width_px, self.height_px)
+
+
+def fit_within(image: PreparedImage, max_side_px: int) -> PreparedImage:
+    """A copy whose bytes to send are scaled to fit `max_side_px` square (the guide's
+    `thumbnail([1024, 1024])` before segmentation), or the image itself when it fits.
+
+    `width_px` and `height_px` stay the upright original's: the model answers in relative
+    coordinates (box_2d on 0-1000, masks relative to their box), so its answer about the
+    reduced copy maps straight onto the original.
+    """
+    if max_side_px <= 0 or max(image.width_px, image.height_px) <= max_side_px:
+        return image
+    reduced = image.upright.copy()
+    # reducing_gap: a fast whole-factor reduce first, then a proper filter for the rest
+    reduced.thumbnail((max_side_px, max_side_px), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    if image.mime_type == "image/jpeg" and reduced.mode == "RGB":
+        data, mime_type = _encode_jpeg(reduced, icc_profile=None, subsampling=-1), "image/jpeg"
+    else:
+        data, mime_type = _encode_png(reduced, icc_profile=None), "image/png"
+    return replace(
+        image,
+        data=data,
+        mime_type=mime_type,
+        sent_sha256=hashlib.sha256(data).hexdigest(),
+        converted=True,
+        sent_size_px=reduced.size,
+    )
+
+
+def sniff_image_format(data: bytes) -> str | None:
+    """The image format of ``data`` by its magic number, or None if it is not one we take.
+
+    Names: "PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "HEIC", "HEIF". AVIF, JPEG 2000,
+    JPEG XL and everything else are None (see `describe_bytes` for what they look like).
+    """
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if data[:2] == b"BM" and len(data) >= 18:
+        if int.from_bytes(data[14:18], "little") in _BMP_DIB_HEADER_SIZES:
+            return "BMP"
+        return None
+    # classic TIFF (42) and BigTIFF (43), both byte orders
+    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "TIFF"
+    if data[4:8] == b"ftyp":
+        major, brands = _ftyp_brands(data)
+        if major not in _PILLOW_HEIF_MAJOR_BRANDS:
+            return None
+        if major in _HEIC_BRANDS or brands & _HEIC_BRANDS:
+            return "HEIC"
+        if brands & _AVIF_BRANDS:
+            return None  # an AVIF in a generic mif1 wrapper
+        return "HEIF"
+    return None
+
+
+def describe_bytes(data: bytes) -> str:
+    """A short human description of what ``data`` looks like, for error messages."""
+    if not data:
+        return "empty (0 bytes)"
+    fmt = sniff_image_format(data)
+    if fmt is not None:
+        return fmt
+    head = data[:512]
+    if data[4:8] == b"ftyp":
+        major, brands = _ftyp_brands(data)
+        if major in _AVIF_BRANDS or brands & _AVIF_BRANDS:
+            return "AVIF"
+        if major in _VIDEO_BRANDS or major == b"qt  ":
+            return "MP4/QuickTime video"
+        if major in _HEIF_BRANDS or brands & (_HEIF_BRANDS | _HEIC_BRANDS):
+            return f"HEIF with brand {major.decode('latin-1')!r}"
+        return f"ISO media with brand {major.decode('latin-1')!r}"
+    for magic, name in _OTHER_MAGIC:
+        if head.startswith(magic):
+            return name
+    if head[:4] == b"RIFF":
+        return f"RIFF {head[8:12].decode('latin-1')!r} (not WebP)"
+    stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if stripped.startswith((b"<svg", b"<?xml")):
+        return "SVG or XML"
+    if stripped.startswith((b"<!doctype html", b"<html")):
+        return "HTML"
+    if stripped.startswith((b"{", b"[")):
+        return "JSON or text"
+    if _looks_like_text(head):
+        return "text"
+    if head[:2] == b"BM":
+        return "BMP with an unknown header"
+    return f"unrecognised binary data (starts with {data[:8].hex()})"
+
+
+_OTHER_MAGIC: Final[tuple[tuple[bytes, str], ...]] = (
+    (b"%PDF-", "PDF"),
+    (b"PK\x03\x04", "ZIP archive (or an Office document)"),
+    (b"\x1f\x8b", "gzip"),
+    (b"7z\xbc\xaf\x27\x1c", "7-Zip archive"),
+    (b"%!PS", "PostScript"),
+    (b"8BPS", "Photoshop PSD"),
+    (b"\x00\x00\x01\x00", "Windows icon (ICO)"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000 codestream"),
+    (b"\xff\x0a", "JPEG XL"),
+    (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "JPEG XL"),
+    (b"\x7fELF", "ELF executable"),
+)
+# images, but not ones we decode: named as such rather than "not an image"
+_UNSUPPORTED_IMAGE_KINDS: Final = frozenset(
+    {"AVIF", "JPEG 2000", "JPEG 2000 codestream", "JPEG XL", "Photoshop PSD", "Windows icon (ICO)"}
+)
+
+
+def prepare_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> PreparedImage:
+    """Check, decode and, where needed, convert untrusted image bytes.
+
+    Raises `InvalidImage` (not an image, an unsupported format, truncated or corrupt data)
+    or `TooLarge` (more than ``max_pixels`` pixels, or a decompression bomb). Both are
+    permanent: retrying the same bytes cannot help.
+    """
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        # process-global: someone switched it on, and truncated inputs would be padded
+        # with grey and sent as if whole. Refuse to run rather than decode silently.
+        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES must stay False")
+    if not data:
+        raise InvalidImage("not an image: empty (0 bytes)")
+    source_format = sniff_image_format(data)
+    if source_format is None:
+        what = describe_bytes(data)
+        if what in _UNSUPPORTED_IMAGE_KINDS or what.startswith("HEIF with brand"):
+            raise InvalidImage(f"unsupported image format: {what}")
+        raise InvalidImage(f"not an image: looks like {what}")
+    if source_format in ("HEIC", "HEIF"):
+        _register_heif_opener_once()
+
+    # catch_warnings swaps process-global state, so under a thread pool another thread's
+    # exit can restore the filters mid-call; the explicit pixel checks below are the real
+    # guard, the warning-as-error is a second line.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        prepared = _decode_and_prepare(data, source_format, max_pixels)
+    notes = tuple(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
+    if notes:
+        prepared = replace(prepared, decoder_warnings=notes)
+    return prepared
+
+
+def _decode_and_prepare(data: bytes, source_format: str, max_pixels: int) -> PreparedImage:
+    im = _open_guarded(data, source_format, max_pixels)
+    try:
+        # before load(): finding out walks the frame headers, and for GIF it moves the
+        # decoder off frame 0, which would throw away already-loaded pixels.
+        # A multi-picture JPEG (MPO) is still a JPEG whose first picture every decoder shows.
+        animated = bool(getattr(im, "is_animated", False)) and source_format != "JPEG"
+        im.load()  # after the size checks, inside the warning guard
+        # after load(): a PNG may keep its EXIF after the pixel data
+        orientation = _exif_orientation(im)
+        working: Image.Image = im
+        if orientation != 1:
+            working = ImageOps.exif_transpose(im)
+        target_mode = _target_mode(working)
+        mode_changes = target_mode != working.mode
+    except (TooLarge, InvalidImage):
+        raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise TooLarge(f"image too large: {exc}") from exc
+    except MemoryError:
+        raise
+    except Exception as exc:
+        # decoders of untrusted bytes fail in many ways (OSError "image file is truncated",
+        # SyntaxError "broken PNG file", ValueError, struct.error, zlib.error, ...): all of
+        # them mean the same thing to the job.
+        raise InvalidImage(f"cannot decode {source_format} image: {exc}") from exc
+
+    sha256 = hashlib.sha256(data).hexdigest()
+    sendable_as_is = (
+        source_format in MIME_BY_FORMAT and orientation == 1 and not animated and not mode_changes
+    )
+    if sendable_as_is:
+        return PreparedImage(
+            data=data,
+            mime_type=MIME_BY_FORMAT[source_format],
+            width_px=working.width,
+            height_px=working.height,
+            sha256=sha256,
+            sent_sha256=sha256,
+            source_format=source_format,
+            converted=False,
+            exif_orientation=orientation,
+            upright=_as_rgb_or_rgba(working),
+        )
+
+    icc_profile = im.info.get("icc_profile") if _same_colour_family(im.mode, target_mode) else None
+    # a JPEG stays a JPEG (re-encoding it as PNG would only grow it); all else is lossless PNG
+    out_format = "JPEG" if source_format == "JPEG" else "PNG"
+    try:
+        converted = _convert_mode(working, target_mode)
+        if out_format == "JPEG":
+            out = _encode_jpeg(converted, icc_profile=icc_profile, subsampling=_jpeg_sampling(im))
+        else:
+            out = _encode_png(converted, icc_profile=icc_profile)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise InvalidImage(f"cannot convert {source_format} image to {out_format}: {exc}") from exc
+    return PreparedImage(
+        data=out,
+        mime_type=MIME_BY_FORMAT[out_format],
+        width_px=converted.width,
+        height_px=converted.height,
+        sha256=sha256,
+        sent_sha256=hashlib.sha256(out).hexdigest(),
+        source_format=source_format,
+        converted=True,
+        exif_orientation=orientation,
+        upright=_as_rgb_or_rgba(converted),
+    )
+
+
+def _open_guarded(data: bytes, source_format: str, max_pixels: int) -> ImageFile.ImageFile:
+    """Read the header only, and refuse what is too large before any pixel is allocated."""
+    try:
+        im = Image.open(io.BytesIO(data), formats=[_PILLOW_DECODER[source_format]])
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise TooLarge(f"image too large: {exc}") from exc
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise InvalidImage(f"cannot decode {source_format} image: {exc}") from exc
+    width_px, height_px = im.size
+    if width_px <= 0 or height_px <= 0:
+        raise InvalidImage(f"{source_format} image has an empty size {width_px}x{height_px}")
+    pixels = width_px * height_px
+    # Pillow's own threshold is read, never changed: it is process-global.
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    limit = max_pixels if pillow_limit is None else min(max_pixels, pillow_limit)
+    if pixels > limit:
+        raise TooLarge(
+            f"image too large: {width_px}x{height_px} px is {pixels} pixels,"
+            f" above the limit of {limit}",
+            width_px=width_px,
+            height_px=height_px,
+            max_pixels=limit,
+        )
+    return im
+
+
+def _exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation (1..8), 1 when absent, unreadable or out of range.
+
+    For HEIC/HEIF, pillow-heif has already applied the container's own rotation and reset
+    the EXIF tag to 1, so the orientation is never applied twice.
+    """
+    try:
+        value = im.getexif().get(0x0112, 1)
+    except Exception:
+        # a corrupt EXIF block says nothing reliable about orientation; the pixels are fine
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _target_mode(im: Image.Image) -> str:
+    """The plain mode (RGB, RGBA or L) this image is sent in."""
+    mode = im.mode
+    if mode in _PLAIN_MODES:
+        return mode
+    if mode in ("P", "PA", "LA", "La", "RGBa"):
+        return "RGBA" if mode != "P" or im.has_transparency_data else "RGB"
+    if mode == "1" or mode.startswith(("I", "F")):
+        return "L"
+    return "RGB"  # CMYK, RGBX, YCbCr, LAB, HSV
+
+
+def _convert_mode(im: Image.Image, target_mode: str) -> Image.Image:
+    if im.mode == target_mode:
+        return im
+    if im.mode == "CMYK":
+        return _cmyk_to_rgb(im)
+    if target_mode == "L" and (im.mode.startswith(("I", "F"))):
+        return _deep_gray_to_l(im)
+    return im.convert(target_mode)
+
+
+def _cmyk_to_rgb(im: Image.Image) -> Image.Image:
+    # a naive CMYK -> RGB is visibly off for print-profiled images; use the embedded
+    # profile when there is one and littlecms is available.
+    icc = im.info.get("icc_profile")
+    if icc:
+        try:
+            from PIL import ImageCms
+
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            srgb = ImageCms.createProfile("sRGB")
+            converted = ImageCms.profileToProfile(im, source, srgb, outputMode="RGB")
+            if converted is not None:
+                return converted
+        except (ImportError, OSError, ValueError, TypeError):
+            pass  # PyCMSError is an OSError; fall back to the plain conversion
+    return im.convert("RGB")
+
+
+def _deep_gray_to_l(im: Image.Image) -> Image.Image:
+    """16-bit, 32-bit or float grayscale -> 8-bit L, scaled rather than clipped.
+
+    Pillow's own ``convert("L")`` clips I/I;16 values at 255, which turns a 16-bit image
+    almost white.
+    """
+    pixels = np.asarray(im)
+    if pixels.size == 0:
+        return Image.fromarray(np.zeros(pixels.shape, dtype=np.uint8))
+    low, high = float(pixels.min()), float(pixels.max())
+    if np.issubdtype(pixels.dtype, np.floating) and low >= 0.0 and high <= 1.0:
+        scaled = pixels * 255.0
+    elif np.issubdtype(pixels.dtype, np.integer) and low >= 0 and high <= 255:
+        scaled = pixels
+    elif np.issubdtype(pixels.dtype, np.integer) and low >= 0 and high <= 65535:
+        scaled = pixels.astype(np.float64) * (255.0 / 65535.0)
+    elif high > low:
+        # unknown range (signed 32-bit, float depth maps): stretch to 0..255
+        scaled = (pixels.astype(np.float64) - low) * (255.0 / (high - low))
+    else:
+        scaled = np.zeros(pixels.shape)
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
+
+
+def _as_rgb_or_rgba(im: Image.Image) -> Image.Image:
+    return im if im.mode in ("RGB", "RGBA") else im.convert("RGB")
+
+
+def _same_colour_family(source_mode: str, target_mode: str) -> bool:
+    """Whether an ICC profile of ``source_mode`` still describes ``target_mode`` pixels."""
+    return _colour_family(source_mode) == _colour_family(target_mode)
+
+
+def _colour_family(mode: str) -> str:
+    if mode in ("1", "L", "LA", "La") or mode.startswith(("I", "F")):
+        return "gray"
+    if mode in ("RGB", "RGBA", "RGBa", "RGBX", "P", "PA"):
+        return "rgb"
+    return mode.lower()  # cmyk, ycbcr, lab, hsv: a profile for them never fits RGB
+
+
+def _jpeg_sampling(im: Image.Image) -> int:
+    from PIL import JpegImagePlugin
+
+    return JpegImagePlugin.get_sampling(im)
+
+
+def _encode_jpeg(im: Image.Image, *, icc_profile: bytes | None, subsampling: int) -> bytes:
+    options: dict[str, Any] = {"quality": JPEG_REENCODE_QUALITY}
+    if subsampling != -1:
+        options["subsampling"] = subsampling  # keep the source's chroma resolution
+    if icc_profile:
+        options["icc_profile"] = icc_profile
+    # no EXIF: the orientation is now in the pixels, and nothing else in it is for the model
+    buffer = io.BytesIO()
+    im.save(buffer, "JPEG", **options)
+    return buffer.getvalue()
+
+
+def _encode_png(im: Image.Image, *, icc_profile: bytes | None) -> bytes:
+    options: dict[str, Any] = {}
+    if icc_profile:
+        options["icc_profile"] = icc_profile
+    buffer = io.BytesIO()
+    im.save(buffer, "PNG", **options)
+    return buffer.getvalue()
+
+
+def _ftyp_brands(data: bytes) -> tuple[bytes, frozenset[bytes]]:
+    """(major brand, compatible brands) of an ISO-BMFF `ftyp` box at the start of ``data``."""
+    box_size = int.from_bytes(data[0:4], "big")
+    end = min(max(box_size, 16), len(data), 4096)
+    compatible = frozenset(data[i : i + 4] for i in range(16, end - 3, 4))
+    return data[8:12], compatible
+
+
+def _looks_like_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        # a multi-byte character cut at the end of the sample is still text
+        try:
+            text = head[:-3].decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+    return all(ch.isprintable() or ch in "\t\r\n\f" for ch in text)
+
+
+_heif_lock = threading.Lock()
+_heif_registered = False
+
+
+def _register_heif_opener_once() -> None:
+    """Teach Pillow HEIC/HEIF via pillow-heif, on first need (not at import time)."""
+    global _heif_registered
+    if _heif_registered:
+        return
+    with _heif_lock:
+        if not _heif_registered:
+            import pillow_heif
+
+            # no options: they are pillow-heif's process-wide settings, not ours to change
+            pillow_heif.register_heif_opener()
+            _heif_registered = True

@@ -1,0 +1,152 @@
+"""The job of CONTRACT.md (schema version 1), validated, and the URI access rules.
+
+A job is untrusted input from any producer: unknown fields and wrong types are refused
+with a message naming the field, never coerced or ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from typing import Annotated, Any
+from urllib.parse import unquote
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from tasks import registry
+from tasks.base import TaskSpec
+from tasks.errors import InputNotAllowed, InvalidJob
+
+SCHEMA_VERSION = 1
+JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+MAX_IMAGES = 3600
+_MODEL_PATTERN = r"^(models/)?[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+ImageUri = Annotated[str, StringConstraints(min_length=6, max_length=2048)]
+
+
+class JobOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    max_items: int = Field(default=25, ge=1, le=100)
+    mask_threshold: int = Field(default=127, ge=0, le=254)
+    # -1 asks 2.5 models for dynamic thinking; families without the knob ignore it.
+    thinking_budget: int | None = Field(default=None, ge=-1, le=32768)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    max_output_tokens: int | None = Field(default=None, ge=1, le=65536)
+
+
+class Job(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    job_id: Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN)]
+    task: str
+    images: Annotated[list[ImageUri], Field(min_length=1, max_length=MAX_IMAGES)]
+    prompt: Annotated[str, StringConstraints(max_length=32_000)] | None = None
+    labels: (
+        Annotated[list[Annotated[str, StringConstraints(max_length=200)]], Field(max_length=500)]
+        | None
+    ) = None
+    response_schema: dict[str, Any] | None = None
+    model: Annotated[str, StringConstraints(pattern=_MODEL_PATTERN)] | None = None
+    output: Annotated[str, StringConstraints(min_length=6, max_length=1024)] | None = None
+    options: JobOptions = Field(default_factory=JobOptions)
+
+    def spec(self) -> TaskSpec:
+        return TaskSpec(
+            task=self.task,
+            image_count=len(self.images),
+            prompt=self.prompt,
+            labels=tuple(self.labels or ()),
+            response_schema=self.response_schema,
+            max_items=self.options.max_items,
+            mask_threshold_u8=self.options.mask_threshold,
+        )
+
+    def as_record(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def new_job_id() -> str:
+    return f"job-{uuid.uuid4().hex}"
+
+
+def parse_job(raw: Any, *, default_job_id: str | None = None) -> Job:
+    """Validate a producer's job dict. Raises InvalidJob naming every bad field."""
+    if not isinstance(raw, dict):
+        raise InvalidJob(f"a job must be a JSON object, got {type(raw).__name__}")
+    data = dict(raw)
+    if data.get("job_id") is None:
+        data["job_id"] = default_job_id or new_job_id()
+    try:
+        job = Job.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidJob(describe_validation_error(exc)) from exc
+    task = registry.get_task(job.task)  # InvalidJob naming the known tasks
+    # image count, labels and response_schema are checked per task
+    task.check(job.spec())
+    return job
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in err["loc"]) or "job"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"{where}: unknown field (not part of job schema v{SCHEMA_VERSION})")
+        else:
+            parts.append(f"{where}: {err['msg']}")
+    return "invalid job: " + "; ".join(parts)
+
+
+def salvage_identity(raw: Any) -> tuple[str | None, str | None]:
+    """job_id and output from a job that failed validation, where they are themselves valid,
+    so the error record can still be written where the producer will look for it."""
+    if not isinstance(raw, dict):
+        return None, None
+    job_id = raw.get("job_id")
+    output = raw.get("output")
+    ok_id = job_id if isinstance(job_id, str) and re.match(JOB_ID_PATTERN, job_id) else None
+    ok_out = output if isinstance(output, str) and 6 <= len(output) <= 1024 else None
+    return ok_id, ok_out
+
+
+# --- URI access rules ---------------------------------------------------------------------
+
+
+def normalize_uri(uri: str) -> str:
+    """Canonical form used for allowlist checks: `file://` paths resolved, so `..` and
+    symlinks cannot step outside an allowed folder."""
+    # Keys are split by hand: urlsplit would read "?" and "#" in an S3 key as URL syntax.
+    if uri.startswith("s3://"):
+        bucket, _, key = uri[len("s3://") :].partition("/")
+        if not bucket:
+            raise InvalidJob(f"malformed S3 URI (no bucket): {uri!r}")
+        return f"s3://{bucket}/{key}"
+    if uri.startswith("file://"):
+        path = unquote(uri[len("file://") :])
+        return "file://" + os.path.realpath(path)
+    raise InputNotAllowed(f"unsupported URI scheme in {uri!r}: only s3:// and file://")
+
+
+def _prefix_matches(uri: str, prefix: str) -> bool:
+    if prefix in ("s3://", "file://"):
+        return uri.startswith(prefix)
+    if prefix.startswith("file://"):
+        root = normalize_uri(prefix)
+        return uri == root or uri.startswith(root.rstrip("/") + "/")
+    # `s3://inbox` must not admit `s3://inbox-other/...`
+    if not prefix.endswith("/") and prefix.count("/") == 2:
+        prefix += "/"
+    return uri.startswith(prefix)
+
+
+def check_allowed(uri: str, prefixes: tuple[str, ...], *, what: str) -> str:
+    """Return the normalized URI, or raise InputNotAllowed. Nothing is read here."""
+    normalized = normalize_uri(uri)
+    if not any(_prefix_matches(normalized, p) for p in prefixes):
+        raise InputNotAllowed(
+            f"{what} {uri!r} is outside the allowed prefixes ({', '.join(prefixes) or 'none'})"
+        )
+    return normalized

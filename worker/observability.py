@@ -1,0 +1,113 @@
+"""Metrics (Prometheus) and logs (JSON lines) for a worker.
+
+Metrics are served per worker process on `GVW_METRICS_PORT` (0 = off). With the default
+thread pool a worker is one process and one endpoint. With the prefork pool, set
+`PROMETHEUS_MULTIPROC_DIR` to an empty writable folder: children then write their
+samples there and the main process's endpoint aggregates them.
+
+Logs are JSON lines with `job_id` (and other context) as fields. The API key is scrubbed
+from every line, and nothing logs image bytes (only sizes and hashes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+JOBS = Counter("gvw_jobs_total", "Jobs finished, by task and outcome", ["task", "outcome"])
+RETRIES = Counter("gvw_retries_total", "Attempts sent back to the queue, by reason", ["reason"])
+STAGE_SECONDS = Histogram(
+    "gvw_stage_seconds",
+    "Worker time per pipeline stage",
+    ["stage"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+MODEL_CALLS = Counter(
+    "gvw_model_calls_total", "Calls to Gemini generateContent", ["model", "outcome"]
+)
+TOKENS = Counter("gvw_tokens_total", "Tokens reported by Gemini usage_metadata", ["kind"])
+FILE_EVENTS = Counter(
+    "gvw_file_api_events_total", "File API uploads, cache hits, re-uploads and waits", ["event"]
+)
+DEAD_LETTERS = Counter("gvw_dead_letters_total", "Jobs that ended in error.json", ["code"])
+
+_server_started = False
+
+
+def start_metrics_server(port: int) -> None:
+    """Serve /metrics on `port` (once per process); 0 disables it."""
+    global _server_started
+    if port <= 0 or _server_started:
+        return
+    registry: CollectorRegistry | None = None
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    if registry is None:
+        start_http_server(port, addr=os.environ.get("GVW_METRICS_ADDR", "0.0.0.0"))
+    else:
+        start_http_server(
+            port, addr=os.environ.get("GVW_METRICS_ADDR", "0.0.0.0"), registry=registry
+        )
+    _server_started = True
+
+
+# --- logs ------------------------------------------------------------------------------------
+
+# LogRecord attributes that are not context a caller passed with `extra=`
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+_MAX_FIELD_CHARS = 2000
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and every `extra` field."""
+
+    def __init__(self, *, secrets: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self._secrets = tuple(s for s in secrets if s)
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                entry[key] = _safe(value)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        line = json.dumps(entry, ensure_ascii=False, default=str)
+        for secret in self._secrets:
+            line = line.replace(secret, "***")
+        return line
+
+
+def _safe(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray):
+        return f"<{len(value)} bytes>"  # never image bytes in a log
+    if isinstance(value, str) and len(value) > _MAX_FIELD_CHARS:
+        return value[:_MAX_FIELD_CHARS] + "…"
+    return value
+
+
+def configure_logging(level: str, *, secrets: tuple[str, ...] = ()) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(secrets=secrets))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # one line per HTTP request to Gemini is noise at INFO; keep it for DEBUG
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("google_genai").setLevel(logging.WARNING)

@@ -1,0 +1,69 @@
+"""When to try a failed attempt again, and after how long.
+
+Pure arithmetic, tested on its own. Countdowns stay below the broker's visibility
+timeout (enforced by Settings): a message waiting out its countdown sits unacked in a
+worker's memory and would be handed to a second worker past that timeout.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from tasks.errors import (
+    AttemptTimedOut,
+    GvwError,
+    JobBusy,
+    ModelOutputInvalid,
+    ModelRateLimited,
+)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    base_s: float
+    max_s: float
+    max_retries: int
+    output_retries: int
+    max_waits: int = 200
+    max_timeouts: int = 2
+
+    def should_retry(self, error: GvwError, retries_so_far: int) -> bool:
+        if not error.retryable:
+            return False
+        if _is_waiting(error):
+            # not a failure: another worker runs the job, or the fleet's budget is spent;
+            # the job comes back until it can run (bounded against a stuck holder)
+            return retries_so_far < self.max_waits
+        if isinstance(error, ModelOutputInvalid):
+            return retries_so_far < self.output_retries
+        if isinstance(error, AttemptTimedOut):
+            # a job that always runs too long must not hold a slot max_retries times
+            return retries_so_far < self.max_timeouts
+        return retries_so_far < self.max_retries
+
+    def countdown_s(
+        self, error: GvwError, retries_so_far: int, rng: random.Random | None = None
+    ) -> float:
+        """Exponential backoff with jitter, never shorter than the server's retryDelay."""
+        uniform = rng.uniform if rng is not None else random.uniform
+        if isinstance(error, JobBusy):
+            # the other worker will commit soon; come back quickly to find its result
+            return min(self.max_s, 2.0 + uniform(0, 2.0))
+        if _is_waiting(error):
+            # our own budget: come back when it frees, spread over a second
+            wait_s = float(error.details.get("retry_after_s") or 1.0)
+            return min(self.max_s, wait_s + uniform(0, 1.0))
+        ceiling_s = min(self.max_s, self.base_s * (2**retries_so_far))
+        # "equal jitter": half fixed, half random, so delays grow but workers spread out
+        delay_s = ceiling_s / 2 + uniform(0, ceiling_s / 2)
+        retry_after_s = error.details.get("retry_after_s")
+        if isinstance(retry_after_s, int | float) and retry_after_s > 0:
+            delay_s = max(delay_s, float(retry_after_s) + uniform(0, 0.5))
+        return min(delay_s, self.max_s)
+
+
+def _is_waiting(error: GvwError) -> bool:
+    return isinstance(error, JobBusy) or (
+        isinstance(error, ModelRateLimited) and bool(error.details.get("local"))
+    )

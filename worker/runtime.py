@@ -1,0 +1,108 @@
+"""The composition root: builds each process's clients once, in one place.
+
+Celery forks pool children after the parent imported us, and sockets must not cross a
+fork, so clients are built in `worker_process_init` (prefork children) or `worker_init`
+(thread and solo pools), never at import time.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import redis
+
+from worker.answer_store import AnswerStore, LocalAnswerStore, RedisAnswerStore
+from worker.deliveries import Deliveries, LocalDeliveries, RedisDeliveries
+from worker.file_cache import FileCache, LocalFileCache, RedisFileCache
+from worker.gemini import GeminiGateway
+from worker.job_locks import JobLocks, LocalJobLocks, RedisJobLocks
+from worker.pipeline import Ports
+from worker.ratelimit import NoRateLimit, RateLimiter, RedisRateLimiter
+from worker.settings import Settings, get_settings
+from worker.storage import StoreRouter
+
+_ports: Ports | None = None
+_installed = False  # ports given by set_ports() win over the environment's
+_lock = threading.Lock()
+
+
+def build_ports(settings: Settings, *, local: bool = False) -> Ports:
+    """Ports for this process. `local=True` keeps locks, caches and counters in memory, for
+    a single process with no Redis (`gvw demo`, in-process benchmarks)."""
+    locks: JobLocks
+    files: FileCache
+    limiter: RateLimiter
+    deliveries: Deliveries
+    answers: AnswerStore
+    if local:
+        locks = LocalJobLocks()
+        files = LocalFileCache(
+            margin_s=settings.gvw_file_cache_margin_s, lock_ttl_s=settings.gvw_upload_lock_ttl_s
+        )
+        limiter = NoRateLimit()
+        deliveries = LocalDeliveries()
+        answers = LocalAnswerStore()
+    else:
+        client = redis.Redis.from_url(
+            settings.gvw_redis_url,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+            health_check_interval=30,
+            retry_on_timeout=True,
+        )
+        locks = RedisJobLocks(client, ttl_s=settings.gvw_job_lock_ttl_s)
+        files = RedisFileCache(
+            client,
+            project=settings.api_project_fingerprint,
+            margin_s=settings.gvw_file_cache_margin_s,
+            lock_ttl_s=settings.gvw_upload_lock_ttl_s,
+        )
+        limiter = RedisRateLimiter(
+            client,
+            project=settings.api_project_fingerprint,
+            requests_per_minute=settings.gvw_rate_limit_rpm,
+        )
+        deliveries = RedisDeliveries(client)
+        answers = RedisAnswerStore(client)
+    return Ports(
+        settings=settings,
+        stores=StoreRouter(
+            connect_timeout_s=settings.gvw_s3_connect_timeout_s,
+            read_timeout_s=settings.gvw_s3_read_timeout_s,
+        ),
+        gemini=GeminiGateway(
+            api_key=settings.api_key,
+            base_url=settings.gemini_base_url,
+            timeout_s=settings.gvw_gemini_timeout_s,
+        ),
+        locks=locks,
+        files=files,
+        limiter=limiter,
+        deliveries=deliveries,
+        answers=answers,
+    )
+
+
+def init_process() -> None:
+    """Build (or rebuild, after a fork) this process's ports."""
+    global _ports
+    with _lock:
+        if not _installed:
+            _ports = build_ports(get_settings())
+
+
+def set_ports(ports: Ports) -> None:
+    """Install ports built elsewhere (`gvw demo`, in-process tests)."""
+    global _ports, _installed
+    with _lock:
+        _ports = ports
+        _installed = True
+
+
+def get_ports() -> Ports:
+    global _ports
+    if _ports is None:
+        with _lock:
+            if _ports is None:
+                _ports = build_ports(get_settings())
+    return _ports

@@ -1,0 +1,124 @@
+"""One typed settings object, read from the environment once per process.
+
+Names are those of CONTRACT.md ("Configuration"); the extra `GVW_*` knobs below are
+documented in the README. Time values carry their unit in the name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False)
+
+    # --- contract names ---------------------------------------------------------------
+    gemini_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("GEMINI_API_KEY", "GOOGLE_API_KEY")
+    )
+    gemini_base_url: str | None = None
+    celery_broker_url: str = "redis://localhost:6379/0"
+    celery_result_backend: str = "redis://localhost:6379/0"
+    gvw_redis_url: str = "redis://localhost:6379/1"
+    gvw_results_uri: str = "file://./gvw-results"
+    gvw_allowed_inputs: str = "s3://"
+    gvw_model: str = "gemini-2.5-flash"
+    gvw_inline_max_bytes: int = Field(default=20_000_000, ge=1)
+    gvw_rate_limit_rpm: int = Field(default=0, ge=0)
+
+    # --- project knobs ------------------------------------------------------------------
+    # Where a job may write: results under GVW_RESULTS_URI are always allowed.
+    gvw_allowed_outputs: str = "s3://"
+    # Inputs larger than this are refused before a byte is read.
+    gvw_max_input_bytes: int = Field(default=50_000_000, ge=1)
+    # Decoded size cap, just under Pillow's own decompression-bomb threshold (89.5 MP,
+    # made an error here): a 48 MP photo passes, one decoded RGB image stays under 270 MB.
+    gvw_max_image_pixels: int = Field(default=89_000_000, ge=1)
+    gvw_gemini_timeout_s: float = Field(default=120.0, gt=0)
+    gvw_s3_connect_timeout_s: float = Field(default=5.0, gt=0)
+    gvw_s3_read_timeout_s: float = Field(default=30.0, gt=0)
+    # Celery time limits per attempt, and the broker's redelivery timeout. The timeout
+    # must exceed hard limit + longest retry countdown + margin (RELIABILITY.md).
+    gvw_soft_time_limit_s: int = Field(default=300, ge=1)
+    gvw_hard_time_limit_s: int = Field(default=330, ge=2)
+    gvw_visibility_timeout_s: int = Field(default=900, ge=3)
+    gvw_retry_base_s: float = Field(default=2.0, gt=0)
+    gvw_retry_max_s: float = Field(default=120.0, gt=0)
+    gvw_max_retries: int = Field(default=8, ge=0)
+    # Model output that cannot be read is asked again this many times, then final.
+    gvw_output_retries: int = Field(default=2, ge=0)
+    # File API: cache entries end this long before Gemini deletes the file (48 h after
+    # upload); the upload lock outlives any upload; an upload must turn ACTIVE in time.
+    gvw_file_cache_margin_s: float = Field(default=3600.0, ge=0)
+    gvw_upload_lock_ttl_s: float = Field(default=120.0, gt=0)
+    gvw_file_active_timeout_s: float = Field(default=60.0, gt=0)
+    # Tasks that ask for it (segment) send images scaled to fit this square, as Google's
+    # guide advises (0 = send them as prepared); results still map to the original.
+    gvw_fit_within_px: int = Field(default=1024, ge=0)
+    # Overlays are reduced until their long side fits this (0 = full size).
+    gvw_overlay_max_side_px: int = Field(default=2048, ge=0)
+    # On SIGQUIT (SIGTERM remapped), running jobs get this long, then go back to the queue.
+    gvw_soft_shutdown_timeout_s: float = Field(default=10.0, ge=0)
+    # The per-job lock lives this long unless its holder's heartbeat renews it: a dead
+    # worker's job is free to run again within it.
+    gvw_job_lock_ttl_s: float = Field(default=15.0, ge=1)
+    # A job delivered this many times for one attempt without finishing (its worker died
+    # each time) is dead-lettered instead of run again.
+    gvw_max_deliveries: int = Field(default=5, ge=1)
+    # A worker waits at most this long for the fleet's request budget, then hands the
+    # job back to the queue to come back when budget is free.
+    gvw_rate_limit_max_wait_s: float = Field(default=5.0, ge=0)
+    # Prometheus /metrics per worker process (0 = off)
+    gvw_metrics_port: int = Field(default=0, ge=0, le=65535)
+    gvw_log_level: str = "INFO"
+
+    @field_validator("gemini_base_url", mode="before")
+    @classmethod
+    def _empty_means_default(cls, value: object) -> object:
+        # `GEMINI_BASE_URL=` (set but empty, as compose files do) means Google's endpoint
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _check_timing(self) -> Settings:
+        if self.gvw_soft_time_limit_s >= self.gvw_hard_time_limit_s:
+            raise ValueError("GVW_SOFT_TIME_LIMIT_S must be below GVW_HARD_TIME_LIMIT_S")
+        needed_s = self.gvw_hard_time_limit_s + self.gvw_retry_max_s
+        if self.gvw_visibility_timeout_s <= needed_s:
+            # A message whose retry countdown or run outlives the visibility timeout is
+            # handed to a second worker while the first still holds it.
+            raise ValueError(
+                "GVW_VISIBILITY_TIMEOUT_S must exceed GVW_HARD_TIME_LIMIT_S + GVW_RETRY_MAX_S "
+                f"({self.gvw_visibility_timeout_s} <= {needed_s})"
+            )
+        return self
+
+    @property
+    def allowed_input_prefixes(self) -> tuple[str, ...]:
+        return _split_prefixes(self.gvw_allowed_inputs)
+
+    @property
+    def allowed_output_prefixes(self) -> tuple[str, ...]:
+        return (*_split_prefixes(self.gvw_allowed_outputs), self.gvw_results_uri.rstrip("/") + "/")
+
+    @property
+    def api_key(self) -> str | None:
+        return self.gemini_api_key.get_secret_value() if self.gemini_api_key else None
+
+    @property
+    def api_project_fingerprint(self) -> str:
+        """Identifies the Gemini project (key + endpoint) without revealing the key."""
+        material = f"{self.gemini_base_url or 'google'}|{self.api_key or ''}"
+        return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
+def _split_prefixes(value: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in value.split(",") if p.strip())
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
