@@ -1,0 +1,89 @@
+"""`gvw enqueue-prefix` over a whole prefix, and a rerun that skips what is done."""
+
+from __future__ import annotations
+
+import io
+import re
+import uuid
+
+import pytest
+from PIL import Image
+
+from tests.harness import Stack
+from tests.integration.test_cli import gvw
+
+pytestmark = pytest.mark.integration
+
+
+def tiny_png(index: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (48, 32), ((index * 37) % 256, 90, 200)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_enqueue_prefix_over_200_objects_then_rerun_skips_them(stack: Stack) -> None:
+    prefix = f"bulk-{uuid.uuid4().hex[:8]}"
+    for index in range(200):
+        stack.put(f"{prefix}/batch {index // 50}/img+{index:03d}.png", tiny_png(index))
+    for index in range(5):
+        stack.put(f"{prefix}/notes-{index}.txt", b"not an image")
+    calls_before = stack.model_calls()
+
+    first = gvw(
+        "enqueue-prefix",
+        f"s3://inbox/{prefix}/",
+        "--task",
+        "caption",
+        "--suffix",
+        ".png,.jpg",
+        "--wait",
+        "--timeout",
+        "240",
+        env=stack.env,
+        timeout_s=300,
+    )
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "listed 200, submitted 200, skipped as done 0" in first.stdout
+    assert "succeeded 200, failed 0" in first.stdout
+    assert stack.model_calls() - calls_before == 200
+
+    second = gvw(
+        "enqueue-prefix",
+        f"s3://inbox/{prefix}/",
+        "--task",
+        "caption",
+        "--suffix",
+        ".png,.jpg",
+        "--wait",
+        env=stack.env,
+        timeout_s=300,
+    )
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "listed 200, submitted 0, skipped as done 200" in second.stdout
+    assert stack.model_calls() - calls_before == 200  # nothing paid twice
+
+    # other options are other jobs
+    third = gvw(
+        "enqueue-prefix",
+        f"s3://inbox/{prefix}/batch 0/",
+        "--task",
+        "vqa",
+        "--prompt",
+        "What colour is it?",
+        env=stack.env,
+        timeout_s=300,
+    )
+    assert "listed 50, submitted 50" in third.stdout
+
+
+def test_ids_are_deterministic_and_valid() -> None:
+    from worker.bulk import deterministic_job_id
+    from worker.jobs import JOB_ID_PATTERN
+
+    template = {"task": "caption"}
+    a = deterministic_job_id("s3://inbox/a b/ç+x.png", '"etag1"', template)
+    assert a == deterministic_job_id("s3://inbox/a b/ç+x.png", '"etag1"', template)
+    assert a != deterministic_job_id("s3://inbox/a b/ç+x.png", '"etag2"', template)
+    assert a != deterministic_job_id("s3://inbox/a b/ç+x.png", '"etag1"', {"task": "detect"})
+    assert re.match(JOB_ID_PATTERN, a)
+    assert re.match(JOB_ID_PATTERN, deterministic_job_id("s3://inbox/" + "é" * 300, "e", template))

@@ -1,0 +1,159 @@
+"""A TCP gate in front of a loopback server, to stop a worker at an exact point.
+
+The workers talk to it instead of the real server (e.g. `AWS_ENDPOINT_URL_S3` pointed at
+the gate, which forwards to moto). Bytes are forwarded unchanged, in both directions,
+until a request whose bytes contain an armed pattern (an S3 path, such as
+`/results/vision/{job}/result.json`) arrives: that request is *not* forwarded, its
+connection stalls, and the gate calls the test back. The worker is then frozen at a known
+point (waiting for the answer to that request) for the test to kill, stop or let go.
+
+Boto3 addresses loopback endpoints path-style and sends a request's headers in one write,
+so the request line (method and path) is in one received chunk; a short tail of the
+previous chunk is kept anyway so a pattern split across two reads is still seen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Callable, Iterator
+
+
+class TcpGate:
+    def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
+        self._upstream = (upstream_host, upstream_port)
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self.port = int(self._listener.getsockname()[1])
+        self._mutex = threading.Lock()
+        self._pattern: bytes | None = None
+        self._on_match: Callable[[], None] | None = None
+        self._sockets: set[socket.socket] = set()
+        self._held: list[socket.socket] = []
+        self.matches = 0
+        self.matched = threading.Event()
+        self._closed = False
+        self._threads: list[threading.Thread] = []
+        self._spawn(self._accept_loop, "tcp-gate-accept")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # --- control ------------------------------------------------------------------------
+
+    def arm(self, pattern: str, on_match: Callable[[], None] | None = None) -> None:
+        """Stall every request containing `pattern` (and call `on_match` for each)."""
+        with self._mutex:
+            self._pattern = pattern.encode()
+            self._on_match = on_match
+            self.matched.clear()
+
+    def disarm(self) -> None:
+        with self._mutex:
+            self._pattern = None
+            self._on_match = None
+
+    def release(self) -> None:
+        """Disarm, and drop the stalled connections (their requests never reach upstream)."""
+        self.disarm()
+        with self._mutex:
+            held, self._held = self._held, []
+        for sock in held:
+            self._close(sock)
+
+    def close(self) -> None:
+        self._closed = True
+        self.release()
+        self._close(self._listener)
+        with self._mutex:
+            open_sockets = list(self._sockets)
+        for sock in open_sockets:
+            self._close(sock)
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> TcpGate:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- forwarding ---------------------------------------------------------------------
+
+    def _spawn(self, target: Callable[..., None], name: str, *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        self._threads = [t for t in self._threads if t.is_alive()]
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept_loop(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self._upstream, timeout=10)
+                upstream.settimeout(None)
+            except OSError:
+                self._close(client)
+                continue
+            with self._mutex:
+                self._sockets.update((client, upstream))
+            self._spawn(self._pump_requests, "tcp-gate-up", client, upstream)
+            self._spawn(self._pump, "tcp-gate-down", upstream, client)
+
+    def _pump_requests(self, client: socket.socket, upstream: socket.socket) -> None:
+        tail = b""
+        for chunk in _chunks(client):
+            with self._mutex:
+                pattern, on_match = self._pattern, self._on_match
+                hit = pattern is not None and pattern in tail + chunk
+                if hit:
+                    self._held.extend((client, upstream))
+                    self.matches += 1
+            if hit:
+                self.matched.set()
+                if on_match is not None:
+                    on_match()
+                return  # not forwarded: the client waits for an answer that never comes
+            tail = chunk[-256:]
+            try:
+                upstream.sendall(chunk)
+            except OSError:
+                break
+        self._close(upstream)
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        for chunk in _chunks(source):
+            try:
+                sink.sendall(chunk)
+            except OSError:
+                break
+        with self._mutex:
+            held = sink in self._held
+        if not held:
+            self._close(sink)
+
+    def _close(self, sock: socket.socket) -> None:
+        with self._mutex:
+            self._sockets.discard(sock)
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            sock.close()
+
+
+def _chunks(sock: socket.socket) -> Iterator[bytes]:
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except OSError:
+            return
+        if not chunk:
+            return
+        yield chunk

@@ -1,0 +1,96 @@
+"""Pure Redis logic of the fleet: rate limit window, cool-down, job lock heartbeat,
+delivery counts and dead letters, paid answers (fakeredis with Lua)."""
+
+from __future__ import annotations
+
+import time
+
+import fakeredis
+import pytest
+
+from tasks.errors import ModelRateLimited
+from worker.answer_store import RedisAnswerStore
+from worker.deliveries import RedisDeliveries
+from worker.gemini import ModelAnswer, TokenUsage
+from worker.job_locks import RedisJobLocks
+from worker.ratelimit import RedisRateLimiter
+
+
+def limiter(rpm: int, server: fakeredis.FakeServer | None = None) -> RedisRateLimiter:
+    client = fakeredis.FakeRedis(server=server or fakeredis.FakeServer())
+    return RedisRateLimiter(client, project="p", requests_per_minute=rpm)
+
+
+def test_no_more_than_the_limit_in_a_minute_across_workers() -> None:
+    server = fakeredis.FakeServer()
+    workers = [limiter(10, server) for _ in range(4)]
+    granted = sum(1 for i in range(40) if workers[i % 4].wait_ms() == 0)
+    assert granted == 10
+    wait_ms = workers[0].wait_ms()
+    assert 60_000 <= wait_ms <= 61_000  # until the oldest leaves the window (60 s + margin)
+
+
+def test_a_worker_waits_a_few_seconds_at_most_then_hands_the_job_back() -> None:
+    one = limiter(1)
+    one.acquire(max_wait_s=1)
+    started = time.monotonic()
+    with pytest.raises(ModelRateLimited) as info:
+        one.acquire(max_wait_s=1)
+    assert time.monotonic() - started < 0.5  # it did not sleep a minute to find out
+    assert info.value.retry_after_s is not None and info.value.retry_after_s > 50
+    assert info.value.details["local"] is True
+
+
+def test_cool_down_stops_every_worker_even_without_a_limit() -> None:
+    server = fakeredis.FakeServer()
+    a, b = limiter(0, server), limiter(0, server)
+    assert a.wait_ms() == 0
+    a.cool_down(3.0)
+    assert 2_500 <= b.wait_ms() <= 3_000
+    a.cool_down(1.0)  # a shorter cool-down never shortens a longer one
+    assert b.wait_ms() > 2_000
+
+
+def test_job_lock_is_exclusive_and_renewed_while_held() -> None:
+    client = fakeredis.FakeRedis()
+    locks = RedisJobLocks(client, ttl_s=1.0)
+    with locks.hold("job-1") as first:
+        assert first
+        with locks.hold("job-1") as second:
+            assert not second
+        time.sleep(1.6)  # past the TTL: only the heartbeat keeps it
+        assert client.exists("gvw:lock:job:job-1")
+    assert not client.exists("gvw:lock:job:job-1")
+
+
+def test_deliveries_are_counted_per_attempt() -> None:
+    deliveries = RedisDeliveries(fakeredis.FakeRedis())
+    assert [deliveries.count("j", 0) for _ in range(3)] == [1, 2, 3]
+    assert deliveries.count("j", 1) == 1  # a Celery retry is a new attempt
+    deliveries.forget("j")
+    assert deliveries.count("j", 0) == 1
+
+
+def test_dead_letters_are_indexed_newest_first_and_removable() -> None:
+    deliveries = RedisDeliveries(fakeredis.FakeRedis())
+    deliveries.dead_letter(
+        "a", code="invalid_image", message="bad", attempts=1, job={"job_id": "a", "task": "caption"}
+    )
+    time.sleep(0.01)
+    deliveries.dead_letter("b", code="internal", message="died", attempts=6, job=None)
+    letters = list(deliveries.dead_letters())
+    assert [d.job_id for d in letters] == ["b", "a"]
+    assert letters[1].job == {"job_id": "a", "task": "caption"}
+    assert letters[0].attempts == 6
+    deliveries.remove("a")
+    assert [d.job_id for d in deliveries.dead_letters()] == ["b"]
+
+
+def test_paid_answer_round_trips_and_is_bounded() -> None:
+    store = RedisAnswerStore(fakeredis.FakeRedis(), max_bytes=2_000)
+    answer = ModelAnswer("a red circle", "STOP", TokenUsage(10, 5, 15, 0), "gemini-2.5-flash")
+    assert store.put("j", answer, ["inline"])
+    assert store.get("j") == (answer, ["inline"])
+    huge = ModelAnswer("x" * 5_000, "STOP", TokenUsage(), None)
+    assert not store.put("k", huge, ["inline"])
+    assert store.get("k") is None

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from tasks.errors import InvalidJob, JobBusy, ModelOutputInvalid, ModelRateLimited, ModelUnavailable
+from worker.retry_policy import RetryPolicy
+
+POLICY = RetryPolicy(base_s=2.0, max_s=120.0, max_retries=8, output_retries=2)
+
+
+def test_permanent_errors_are_never_retried() -> None:
+    assert not POLICY.should_retry(InvalidJob("bad"), 0)
+
+
+def test_transient_errors_retry_until_the_budget_is_spent() -> None:
+    err = ModelUnavailable("503")
+    assert [POLICY.should_retry(err, n) for n in (0, 7, 8)] == [True, True, False]
+
+
+def test_unreadable_output_has_its_own_smaller_budget() -> None:
+    err = ModelOutputInvalid("garbage", raw_text="??")
+    assert [POLICY.should_retry(err, n) for n in (0, 1, 2)] == [True, True, False]
+
+
+def test_backoff_grows_is_jittered_and_capped() -> None:
+    rng = random.Random(7)
+    err = ModelUnavailable("503")
+    delays = [POLICY.countdown_s(err, n, rng) for n in range(10)]
+    for n, delay in enumerate(delays):
+        ceiling = min(120.0, 2.0 * 2**n)
+        assert ceiling / 2 <= delay <= ceiling
+    assert delays[5] > delays[0]
+    assert len({round(d, 6) for d in delays[:5]}) == 5  # jittered, not a fixed ladder
+
+
+def test_retry_delay_from_the_server_is_honoured() -> None:
+    err = ModelRateLimited("429", retry_after_s=30)
+    assert all(30 <= POLICY.countdown_s(err, 0, random.Random(s)) <= 30.5 for s in range(20))
+
+
+@pytest.mark.parametrize("retry_after_s", [500.0, 10_000.0])
+def test_no_countdown_exceeds_the_cap(retry_after_s: float) -> None:
+    err = ModelRateLimited("429", retry_after_s=retry_after_s)
+    assert POLICY.countdown_s(err, 3) <= 120.0
+
+
+def test_busy_job_comes_back_soon() -> None:
+    assert 2.0 <= POLICY.countdown_s(JobBusy("busy"), 0) <= 4.0
