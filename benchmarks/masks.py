@@ -1,0 +1,178 @@
+"""Full-size masks from Gemini's PNG maps: the guide's per-pixel loop against tasks.masks.
+
+Inputs: the 20 real masks of ``segment_01`` (gemini-2.5-pro, cupcakes; 256x256 PNG maps)
+placed on a 1024x1024 image and on a 4032x3024 one (a 12 MP phone photo). Per object:
+
+- guide loop, as Google's image-understanding guide writes it: decode the PNG, resize it
+  to the box with BILINEAR, ``np.array`` it, then a Python double loop over the box
+  calling ``ImageDraw.point`` on an image-sized RGBA overlay for every pixel above the
+  threshold (the full mask is the overlay's alpha);
+- array loop: the same, but the loop sets ``full[y, x] = True`` in a numpy bool array
+  (the cheapest form a per-pixel loop can take, to show what the loop itself costs);
+- ours: `tasks.masks.decode_mask` (a box-sized crop) + `BoxMask.to_full`.
+
+All three get the same pixel boxes (from `tasks.geometry`; the guide truncates with int(),
+which moves a box by up to a pixel and is not what is measured here) and the same
+threshold, 127 (the guide writes ``> 128``; these maps hold only 0 and 255, so the two
+agree). Agreement is the share of pixels, over every object's full mask, on which the
+reference's full mask and ours are equal. Each reference runs once (the guide loop takes
+seconds at 12 MP); ours runs --repeat times and the median is shown. With
+--objects N only the first N objects are used, and the output says so.
+
+    .venv/bin/python benchmarks/masks.py [--repeat 5] [--objects 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image, ImageDraw
+
+from tasks.base import ImageSize
+from tasks.detect import Detection, parse_detections
+from tasks.masks import decode_mask
+
+FIXTURE = (
+    Path(__file__).resolve().parents[1].parent
+    / "shared"
+    / "fixtures"
+    / "gemini_real"
+    / "segment_01_cookbook_cupcakes-small-items_gemini-2.5-pro-exp-03-25.txt"
+)
+SIZES_PX = ((1024, 1024), (4032, 3024))
+THRESHOLD_U8 = 127
+
+Box = tuple[int, int, int, int]
+FullMask = Callable[[dict[str, Any], Box, int, int], NDArray[np.bool_]]
+
+
+def guide_loop(item: dict[str, Any], box: Box, width_px: int, height_px: int) -> NDArray[np.bool_]:
+    """The guide's code for one object (only its output files left out)."""
+    x0, y0, x1, y1 = box
+    png_str = item["mask"]
+    png_str = png_str.removeprefix("data:image/png;base64,")
+    mask_data = base64.b64decode(png_str)
+    mask: Image.Image = Image.open(io.BytesIO(mask_data))
+    mask = mask.resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR)
+    mask_array = np.array(mask)
+    overlay = Image.new("RGBA", (width_px, height_px), (0, 0, 0, 0))
+    overlay_draw = ImageDraw.Draw(overlay)
+    color = (255, 255, 255, 200)
+    for y in range(y0, y1):
+        for x in range(x0, x1):
+            if mask_array[y - y0, x - x0] > THRESHOLD_U8:
+                overlay_draw.point((x, y), fill=color)
+    return np.asarray(overlay)[:, :, 3] > 0
+
+
+def array_loop(item: dict[str, Any], box: Box, width_px: int, height_px: int) -> NDArray[np.bool_]:
+    """The guide's steps, its loop writing a numpy bool array instead of drawing."""
+    x0, y0, x1, y1 = box
+    png_str = item["mask"].removeprefix("data:image/png;base64,")
+    mask: Image.Image = Image.open(io.BytesIO(base64.b64decode(png_str)))
+    mask = mask.resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR)
+    mask_array = np.array(mask)
+    full = np.zeros((height_px, width_px), dtype=bool)
+    for y in range(y0, y1):
+        for x in range(x0, x1):
+            if mask_array[y - y0, x - x0] > THRESHOLD_U8:
+                full[y, x] = True
+    return full
+
+
+def ours(item: dict[str, Any], box: Box, width_px: int, height_px: int) -> NDArray[np.bool_]:
+    crop = decode_mask(item["mask"], box, width_px, height_px, threshold_u8=THRESHOLD_U8)
+    return crop.to_full(width_px, height_px)
+
+
+def run_reference(
+    reference: FullMask, objects: list[Detection], width_px: int, height_px: int
+) -> tuple[float, float, int]:
+    """Seconds for all objects, and the agreement with ours (share, differing pixels)."""
+    seconds = 0.0
+    equal_px = total_px = 0
+    for detection in objects:
+        item, box = dict(detection.item), detection.box_xyxy_px
+        start = time.perf_counter()
+        expected = reference(item, box, width_px, height_px)
+        seconds += time.perf_counter() - start
+        got = ours(item, box, width_px, height_px)
+        equal_px += int(np.count_nonzero(expected == got))
+        total_px += expected.size
+        del expected, got  # one pair of full masks alive at a time, as in a worker
+    return seconds, equal_px / total_px, total_px - equal_px
+
+
+def time_ours(objects: list[Detection], width_px: int, height_px: int, repeat: int) -> float:
+    def once() -> float:
+        start = time.perf_counter()
+        for detection in objects:
+            ours(dict(detection.item), detection.box_xyxy_px, width_px, height_px)
+        return time.perf_counter() - start
+
+    return statistics.median(once() for _ in range(repeat))
+
+
+def time_shared_steps(objects: list[Detection], repeat: int) -> float:
+    """Decoding the PNG and resizing it to the box: what every approach has to do."""
+
+    def once() -> float:
+        start = time.perf_counter()
+        for detection in objects:
+            x0, y0, x1, y1 = detection.box_xyxy_px
+            png = base64.b64decode(detection.item["mask"].removeprefix("data:image/png;base64,"))
+            Image.open(io.BytesIO(png)).resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR)
+        return time.perf_counter() - start
+
+    return statistics.median(once() for _ in range(repeat))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5, help="runs of ours (median shown)")
+    parser.add_argument("--objects", type=int, default=20, help="use the first N of 20 objects")
+    args = parser.parse_args()
+    text = FIXTURE.read_text()
+
+    print(f"segment_01: {args.objects} of 20 real masks (256x256 PNG maps), foreground > 127")
+    print(
+        f"{'image':>9}  {'reference':<13} {'box Mpx':>7} {'reference s':>11} {'ours ms':>7} "
+        f"{'speed-up':>8} {'agreement':>10} {'differ px':>9}"
+    )
+    for width_px, height_px in SIZES_PX:
+        found = parse_detections(text, ImageSize(width_px, height_px), max_items=25)
+        assert len(found.objects) == 20, found.warnings
+        objects = found.objects[: args.objects]
+        box_mpx = (
+            sum(
+                (d.box_xyxy_px[2] - d.box_xyxy_px[0]) * (d.box_xyxy_px[3] - d.box_xyxy_px[1])
+                for d in objects
+            )
+            / 1e6
+        )
+        ours_s = time_ours(objects, width_px, height_px, args.repeat)
+        shared_s = time_shared_steps(objects, args.repeat)
+        for name, reference in (("guide loop", guide_loop), ("array loop", array_loop)):
+            seconds, agreement, differ_px = run_reference(reference, objects, width_px, height_px)
+            print(
+                f"{f'{width_px}x{height_px}':>9}  {name:<13} {box_mpx:>7.2f} {seconds:>11.2f} "
+                f"{ours_s * 1e3:>7.1f} {seconds / ours_s:>7.0f}x {agreement:>10.4%} {differ_px:>9}"
+            )
+        shared_share = shared_s / ours_s
+        print(
+            f"{'':>9}  of ours, PNG decode + BILINEAR resize (both sides do them): "
+            f"{shared_s * 1e3:.1f} ms ({shared_share:.0%})"
+        )
+
+
+if __name__ == "__main__":
+    main()
