@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ from PIL import Image
 
 from tasks.base import ImageSize
 from tasks.detect import parse_detections
-from tasks.masks import MASK_MAX_CHARS, BoxMask, UnsupportedMask, decode_mask
+from tasks.masks import MASK_MAX_CHARS, BoxMask, UnsupportedMask, _plain_gray_png, decode_mask
 
 SEGMENT_01 = "segment_01_cookbook_cupcakes-small-items_gemini-2.5-pro-exp-03-25.txt"
 SEGMENT_02 = "segment_02_cookbook_cupcakes-small-items_gemini-2.5-flash.txt"
@@ -125,6 +127,109 @@ def test_real_masks_are_256px_binary_maps(gemini_real: Path) -> None:
         with Image.open(io.BytesIO(base64.b64decode(payload))) as image:
             assert (image.size, image.mode) == ((256, 256), "L")
             assert set(np.unique(np.asarray(image)).tolist()) <= {0, 255}
+
+
+# --- PNG maps as Gemini writes them: 8-bit gray, unfiltered rows ------------------------
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def unfiltered_png(
+    pixels: NDArray[np.uint8],
+    *,
+    filter_byte: int = 0,
+    header: tuple[int, int] | None = None,
+    stream: bytes | None = None,
+    end: bool = True,
+) -> bytes:
+    """A gray PNG written by hand: every row with `filter_byte`, the IHDR size and the
+    zlib stream replaceable to make it lie."""
+    height_px, width_px = pixels.shape
+    rows = b"".join(bytes([filter_byte]) + row.tobytes() for row in pixels)
+    width_px, height_px = header or (width_px, height_px)
+    ihdr = struct.pack(">IIBBBBB", width_px, height_px, 8, 0, 0, 0, 0)
+    data = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr)
+    data += png_chunk(b"IDAT", zlib.compress(rows) if stream is None else stream)
+    return data + (png_chunk(b"IEND", b"") if end else b"")
+
+
+def pillow_pixels(data: bytes) -> NDArray[np.uint8]:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("L"))
+
+
+@pytest.mark.parametrize("name", [SEGMENT_01, SEGMENT_02])
+def test_real_maps_are_read_without_pillow_and_match_it(gemini_real: Path, name: str) -> None:
+    found = parse_detections((gemini_real / name).read_text(), ImageSize(620, 620), max_items=25)
+    assert len(found.objects) in (20, 15)
+    for detection in found.objects:
+        data = base64.b64decode(detection.item["mask"].removeprefix("data:image/png;base64,"))
+        plain = _plain_gray_png(data)
+        assert plain is not None  # Gemini's maps take the fast path...
+        assert np.array_equal(plain, pillow_pixels(data))  # ...to Pillow's pixels
+
+
+def test_unfiltered_map_at_box_size_keeps_every_pixel() -> None:
+    pixels = np.random.default_rng(3).integers(0, 256, (40, 70), dtype=np.uint8)
+    mask = decode_mask(data_uri(unfiltered_png(pixels)), (5, 5, 75, 45), 80, 50)
+    assert np.array_equal(mask.crop, pixels > 127)
+
+
+def test_filtered_rows_are_left_to_pillow_and_undone() -> None:
+    # filter 1 (Sub): each stored byte is the difference to its left neighbour
+    deltas = np.random.default_rng(4).integers(0, 256, (32, 48), dtype=np.uint8)
+    data = unfiltered_png(deltas, filter_byte=1)
+    assert _plain_gray_png(data) is None
+    expected = np.cumsum(deltas, axis=1, dtype=np.uint8)  # wraps mod 256, as PNG does
+    assert np.array_equal(pillow_pixels(data), expected)
+    mask = decode_mask(data_uri(data), (0, 0, 48, 32), 48, 32)
+    assert np.array_equal(mask.crop, expected > 127)
+
+
+def test_unfiltered_map_over_the_caps_is_refused_before_inflating(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the header claims 4096x4096; the stream is a few bytes: refused on the header alone
+    lying = unfiltered_png(np.zeros((2, 2), np.uint8), header=(4096, 4096))
+    with pytest.raises(UnsupportedMask, match="over the cap of"):
+        decode_mask(data_uri(lying), (0, 0, 10, 10), 100, 100)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 6_000)
+    with pytest.raises(UnsupportedMask, match="decompression bomb"):
+        decode_mask(data_uri(unfiltered_png(np.zeros((80, 80), np.uint8))), (0, 0, 9, 9), 99, 99)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param("short-stream", id="short-stream"),
+        pytest.param("long-stream", id="zlib-stream-longer-than-the-image"),
+        pytest.param("bad-crc", id="bad-idat-crc"),
+        pytest.param("no-iend", id="no-iend"),
+        pytest.param("cut", id="cut-mid-chunk"),
+    ],
+)
+def test_damaged_unfiltered_maps_never_give_wrong_pixels(damage: str) -> None:
+    pixels = np.random.default_rng(5).integers(0, 256, (64, 64), dtype=np.uint8)
+    rows = b"".join(b"\x00" + row.tobytes() for row in pixels)
+    data = {
+        "short-stream": lambda: unfiltered_png(pixels, stream=zlib.compress(rows)[:-30]),
+        "long-stream": lambda: unfiltered_png(pixels, stream=zlib.compress(rows + bytes(10**6))),
+        "bad-crc": lambda: unfiltered_png(pixels).replace(
+            png_chunk(b"IDAT", zlib.compress(rows))[-4:], b"\x00\x00\x00\x00"
+        ),
+        "no-iend": lambda: unfiltered_png(pixels, end=False),
+        "cut": lambda: unfiltered_png(pixels)[:60],
+    }[damage]()
+    # the fast path takes only a PNG it can vouch for; the rest is Pillow's to decode or refuse
+    assert _plain_gray_png(data) is None
+    try:
+        mask = decode_mask(data_uri(data), (0, 0, 64, 64), 64, 64)
+    except UnsupportedMask as exc:
+        assert "truncated or corrupt" in str(exc)
+    else:
+        assert np.array_equal(mask.crop, pixels > 127)
 
 
 @pytest.mark.parametrize(
