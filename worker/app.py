@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from celery import Celery, Task, signals
+from celery.concurrency import get_implementation
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from tasks.errors import AttemptTimedOut, GvwError, InvalidJob, RetryableError, WorkerLost
@@ -91,13 +92,28 @@ def _setup_logging(**_: Any) -> None:
 
 @signals.worker_process_init.connect
 def _init_pool_child(**_: Any) -> None:
-    runtime.init_process()
+    runtime.init_process(warm=True)  # each prefork child runs jobs: warm it
 
 
 @signals.worker_init.connect
-def _init_worker(**_: Any) -> None:
-    runtime.init_process()
+def _init_worker(sender: Any = None, **_: Any) -> None:
+    # thread and solo pools run jobs in this process: warm it before the consumer starts.
+    # (Under prefork this is the parent, which runs no job, and its children warm
+    # themselves; warming the parent too would only grow what every fork copies.)
+    # Celery sets logging up only after this signal: do it now, so the warm-up is logged.
+    _setup_logging()
+    runtime.init_process(warm=_pool_runs_jobs_here(getattr(sender, "pool_cls", None)))
     start_metrics_server(get_settings().gvw_metrics_port)
+
+
+def _pool_runs_jobs_here(pool_cls: Any) -> bool:
+    """Whether a worker with this pool runs jobs in its main process and is warmed at
+    worker_init: threads (and gevent, eventlet) do; prefork runs them in children, and
+    solo sends worker_process_init in the main process itself."""
+    if pool_cls is None:
+        return False
+    resolved = get_implementation(pool_cls)
+    return resolved.__module__ not in ("celery.concurrency.prefork", "celery.concurrency.solo")
 
 
 def retry_policy(settings: Settings) -> RetryPolicy:

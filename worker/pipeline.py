@@ -163,12 +163,13 @@ def run(
 
 
 def _finished(ports: Ports, job_id: str, folder: str) -> Outcome | None:
-    store = ports.stores
     result_uri = join_uri(folder, RESULT_NAME)
-    if store.exists(result_uri):
-        return Outcome(job_id, "succeeded", result_uri, already_done=True)
     error_uri = join_uri(folder, ERROR_NAME)
-    if store.exists(error_uri):
+    # both at once: almost every job is new, and then both lookups must be made
+    has_result, has_error = ports.stores.exists_each([result_uri, error_uri])
+    if has_result:
+        return Outcome(job_id, "succeeded", result_uri, already_done=True)
+    if has_error:
         return Outcome(job_id, "failed", error_uri, already_done=True)
     return None
 

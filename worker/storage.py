@@ -43,7 +43,8 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -66,6 +67,9 @@ FILE_SCHEME: Final = "file://"
 # botocore's own check (VALID_BUCKET), lenient enough for legacy us-east-1 names.
 _BUCKET_RE: Final = re.compile(r"[A-Za-z0-9._-]{1,255}")
 _S3_MAX_KEY_BYTES: Final = 1024
+# Concurrent existence checks per process (`StoreRouter.exists_each`): a job makes two at
+# a time, and a worker process runs a handful of jobs at once.
+_LOOKUP_THREADS: Final = 8
 
 
 @dataclass(frozen=True)
@@ -687,6 +691,7 @@ class StoreRouter:
         )
         self._s3: ObjectStore | None = None
         self._s3_lock = threading.Lock()
+        self._lookup_pool: ThreadPoolExecutor | None = None
         self._local: ObjectStore = local or LocalStore()
 
     def for_uri(self, uri: str) -> ObjectStore:
@@ -698,6 +703,11 @@ class StoreRouter:
         raise InputNotAllowed(
             f"unsupported storage URI {uri[:200]!r}: scheme {scheme!r} is neither s3:// nor file://"
         )
+
+    def connect_s3(self) -> None:
+        """Build the S3 client now (~200 ms of botocore set-up) instead of on the first
+        ``s3://`` URI, where it would hold up a job and every thread waiting for it."""
+        self._s3_store()
 
     def _s3_store(self) -> ObjectStore:
         if self._s3 is None:
@@ -720,6 +730,25 @@ class StoreRouter:
 
     def exists(self, uri: str) -> bool:
         return self.for_uri(uri).exists(uri)
+
+    def exists_each(self, uris: Sequence[str]) -> list[bool]:
+        """`exists` of every URI, in order. S3 lookups run concurrently (one round trip
+        of waiting instead of one per URI); the first error met is raised."""
+        s3_uris = [uri for uri in uris if uri.startswith(S3_SCHEME)]
+        if len(s3_uris) < 2:
+            return [self.exists(uri) for uri in uris]
+        futures = [self._lookups().submit(self.exists, uri) for uri in uris]
+        return [future.result() for future in futures]
+
+    def _lookups(self) -> ThreadPoolExecutor:
+        # created on first use, in the process that uses it (never across a fork)
+        if self._lookup_pool is None:
+            with self._s3_lock:
+                if self._lookup_pool is None:
+                    self._lookup_pool = ThreadPoolExecutor(
+                        max_workers=_LOOKUP_THREADS, thread_name_prefix="gvw-s3-lookup"
+                    )
+        return self._lookup_pool
 
     def delete(self, uri: str) -> None:
         self.for_uri(uri).delete(uri)

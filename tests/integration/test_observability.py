@@ -78,5 +78,7 @@ def test_logs_are_json_lines_with_the_job_id_and_no_api_key(stack: Stack) -> Non
         what="the worker to log the commit",
     )
     lines = json_lines()
+    # the worker (threads pool) did its one-off set-up before taking jobs
+    assert any(line["message"] == "worker process warmed up" for line in lines)
     assert all({"time", "level", "logger", "message"} <= set(line) for line in lines)
     assert stack.env["GEMINI_API_KEY"] not in stack.worker.log()

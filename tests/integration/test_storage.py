@@ -437,6 +437,34 @@ def test_router_over_real_s3(s3_env: str, s3_bucket: str) -> None:
     assert list(router.list_prefix(f"s3://{s3_bucket}/vision/")) == [uri]
 
 
+def test_router_exists_each_answers_in_order_over_s3_and_files(
+    s3_env: str, s3_bucket: str, tmp_path: Path
+) -> None:
+    router = StoreRouter(connect_timeout_s=2, read_timeout_s=5)
+    present = f"s3://{s3_bucket}/each/present.json"
+    router.put_bytes(present, b"{}", content_type="application/json")
+    local = f"file://{tmp_path}/here.json"
+    router.put_bytes(local, b"{}", content_type="application/json")
+    uris = [
+        f"s3://{s3_bucket}/each/absent.json",
+        present,
+        local,
+        f"file://{tmp_path}/not-here.json",
+        f"s3://{s3_bucket}/each/absent-too.json",
+    ]
+    for _ in range(3):  # the lookups run on a pool: the order must not depend on timing
+        assert router.exists_each(uris) == [False, True, True, False, False]
+    assert router.exists_each([present]) == [True]
+    assert router.exists_each([]) == []
+
+
+def test_router_exists_each_raises_what_a_lookup_raises(s3_env: str, s3_bucket: str) -> None:
+    router = StoreRouter(connect_timeout_s=2, read_timeout_s=5)
+    uris = [f"s3://{s3_bucket}/a.json", "gs://bucket/c", f"s3://{s3_bucket}/b.json"]
+    with pytest.raises(InputNotAllowed, match="unsupported storage URI"):
+        router.exists_each(uris)
+
+
 @pytest.mark.parametrize(
     "uri", ["http://example.com/a.jpg", "gs://bucket/a.jpg", "/etc/passwd", "S3://bucket/a", ""]
 )
