@@ -371,6 +371,12 @@ def test_job_that_kills_its_worker_every_time_is_dead_lettered_and_the_worker_st
         # exactly GVW_MAX_DELIVERIES runs, each one killed, then the next delivery stops it
         assert gate.matches == MAX_DELIVERIES, (gate.matches, killed)
         assert stack.model_calls() == 0
+        # the index entry is written just after error.json becomes visible
+        wait_until(
+            lambda: bool(stack.redis.client(db=1).zrange("gvw:dead_letters", 0, -1)),
+            timeout_s=10,
+            what="the dead-letter index entry",
+        )
         letters = stack.redis.client(db=1).zrange("gvw:dead_letters", 0, -1)
         assert letters == [job_id.encode()]
         listed = gvw_cli(stack, "dead-letters", "list", "--json")
