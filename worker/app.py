@@ -112,7 +112,10 @@ def _pool_runs_jobs_here(pool_cls: Any) -> bool:
     solo sends worker_process_init in the main process itself."""
     if pool_cls is None:
         return False
-    resolved = get_implementation(pool_cls)
+    try:
+        resolved = get_implementation(pool_cls)
+    except Exception:  # a pool Celery will refuse itself: nothing to warm here
+        return False
     return resolved.__module__ not in ("celery.concurrency.prefork", "celery.concurrency.solo")
 
 

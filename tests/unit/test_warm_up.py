@@ -63,7 +63,14 @@ def test_a_failing_warm_up_step_is_logged_not_raised(
 
 @pytest.mark.parametrize(
     ("pool", "warm_in_main_process"),
-    [("threads", True), ("prefork", False), ("solo", False), (None, False)],
+    [
+        ("threads", True),
+        ("prefork", False),
+        ("processes", False),
+        ("solo", False),
+        (None, False),
+        ("no.such:Pool", False),
+    ],
 )
 def test_the_main_process_is_warmed_only_where_it_runs_jobs(
     pool: str | None, warm_in_main_process: bool
