@@ -119,12 +119,13 @@ class GeminiGateway:
             prompt="warm-up", response_json_schema={"type": "object"}, spatial=True
         )
         config = self._config(_WARM_UP_MODEL, request, GenerationOptions())
-        contents: list[Any] = [
-            ImagePart("image/png", data=b"\x89PNG").to_sdk(),
-            ImagePart("image/png", file_uri=_WARM_UP_FILE_URI).to_sdk(),
-            types.Part.from_text(text=request.prompt),
+        images = [
+            ImagePart("image/png", data=b"\x89PNG"),
+            ImagePart("image/png", file_uri=_WARM_UP_FILE_URI),
         ]
-        types._GenerateContentParameters(model=_WARM_UP_MODEL, contents=contents, config=config)
+        types._GenerateContentParameters(
+            model=_WARM_UP_MODEL, contents=self._contents(images, request), config=config
+        )
         # what generate_content does with a REST body; a private classmethod, so the
         # caller treats any failure here as "not warmed", never as an error
         response = types.GenerateContentResponse._from_response(
@@ -140,13 +141,10 @@ class GeminiGateway:
         request: ModelRequest,
         options: GenerationOptions,
     ) -> ModelAnswer:
-        contents: list[Any] = [part.to_sdk() for part in images]
-        # the guide: text after the image parts
-        contents.append(types.Part.from_text(text=request.prompt))
         config = self._config(model, request, options)
         try:
             response = self._client.models.generate_content(
-                model=model, contents=contents, config=config
+                model=model, contents=self._contents(images, request), config=config
             )
         except SoftTimeLimitExceeded:
             raise  # Celery's signal to stop: not an SDK error
@@ -215,6 +213,11 @@ class GeminiGateway:
             time.sleep(pause_s)
             pause_s = min(pause_s * 2, 5.0)
             file = self.get_file(file.name or "")
+
+    @staticmethod
+    def _contents(images: Sequence[ImagePart], request: ModelRequest) -> list[Any]:
+        # the guide: text after the image parts
+        return [*(part.to_sdk() for part in images), types.Part.from_text(text=request.prompt)]
 
     @staticmethod
     def _config(
