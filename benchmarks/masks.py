@@ -47,8 +47,8 @@ from tasks.detect import Detection, parse_detections
 from tasks.masks import decode_mask
 
 FIXTURE = (
-    Path(__file__).resolve().parents[1].parent
-    / "shared"
+    Path(__file__).resolve().parents[1]
+    / "tests"
     / "fixtures"
     / "gemini_real"
     / "segment_01_cookbook_cupcakes-small-items_gemini-2.5-pro-exp-03-25.txt"

@@ -26,12 +26,11 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from tasks.detect import EMPTY_LABEL, LABEL_MAX_CHARS
+from tests.conftest import GEMINI_REAL
 from tests.harness import list_job_keys
 from tests.reliability.conftest import FleetFactory, assert_invariant
 from tests.reliability.fakes import GeminiStub, S3Proxy
 from worker.emulator.scenes import Scene, encode_png, make_scene
-
-FIXTURES = Path("/work/shared/fixtures/gemini_real")
 
 
 def s3_bytes(stack: Any, uri: str) -> bytes:
@@ -248,7 +247,7 @@ def test_exif_rotated_jpegs_give_boxes_and_masks_on_the_upright_image(
 
 def real_mask_data_uri() -> str:
     """A mask exactly as Gemini 2.5 Flash wrote one (the cookbook's cupcakes)."""
-    text = next(FIXTURES.glob("segment_02_*.txt")).read_text()
+    text = next(GEMINI_REAL.glob("segment_02_*.txt")).read_text()
     match = re.search(r'"mask":\s*"(data:image/png;base64,[A-Za-z0-9+/=]+)"', text)
     assert match, "no mask in the fixture"
     return match.group(1)

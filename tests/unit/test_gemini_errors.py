@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import pickle
-from pathlib import Path
 
 import pytest
 
@@ -14,9 +13,8 @@ from tasks.errors import (
     ModelUnavailable,
     QuotaExhausted,
 )
+from tests.conftest import GEMINI_REAL
 from worker.gemini import translate_api_error
-
-GEMINI_REAL = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "gemini_real"
 
 
 def _body(name: str) -> dict:

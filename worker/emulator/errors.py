@@ -1,7 +1,7 @@
 """Google API error bodies: `{"error": {"code", "message", "status", "details"?}}`.
 
 Messages are the real ones where a real body or message was seen (see
-`/work/shared/fixtures/gemini_real/`); the few marked "wording ours" were not.
+`tests/fixtures/gemini_real/`); the few marked "wording ours" were not.
 """
 
 from __future__ import annotations
