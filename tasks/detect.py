@@ -173,16 +173,21 @@ class _Dropped(Exception):
 def _read_item(item: Any, image_size: ImageSize) -> tuple[Detection, str | None]:
     if not isinstance(item, dict):
         raise _Dropped(f"not an object: {_short(item)}")
-    missing = [key for key in ("box_2d", "label") if key not in item]
-    if missing:
-        raise _Dropped(f"no {' or '.join(missing)} (keys: {', '.join(map(str, item))})")
+    if "box_2d" not in item:
+        keys = ", ".join(_short(str(key), 40) for key in list(item)[:10])
+        raise _Dropped(f"no box_2d (keys: {keys})")
     try:
         box_2d = normalize_box_2d(item["box_2d"])
     except InvalidBox2D as exc:
         raise _Dropped(str(exc)) from None
-    label, note = _read_label(item["label"])
+    # a box without a "label" key is still an answer (seen in real output): like a null one
+    label, note = _read_label(item["label"]) if "label" in item else _missing_label()
     box_xyxy_px = box_2d_to_xyxy_px(box_2d, image_size.width_px, image_size.height_px)
     return Detection(label=label, box_2d=box_2d, box_xyxy_px=box_xyxy_px, item=item), note
+
+
+def _missing_label() -> tuple[str, str]:
+    return EMPTY_LABEL, f'no label; labelled "{EMPTY_LABEL}"'
 
 
 def _read_label(value: Any) -> tuple[str, str | None]:

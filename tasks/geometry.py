@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Final
 
 __all__ = [
+    "ABSURD_NUMBER",
     "BOX_2D_SCALE",
     "Box2D",
     "InvalidBox2D",
     "XyxyPx",
     "box_2d_to_xyxy_px",
+    "is_sane_number",
     "normalize_box_2d",
     "xyxy_px_to_box_2d",
 ]
@@ -53,8 +56,8 @@ def normalize_box_2d(value: object) -> Box2D:
         # bool is an int subclass, but true/false in a box is a malformed answer
         if isinstance(number, bool) or not isinstance(number, int | float):
             raise InvalidBox2D(f"box_2d holds a non-number: {_short(value)}")
-        if not math.isfinite(number):
-            raise InvalidBox2D(f"box_2d holds a non-finite number: {_short(value)}")
+        if not is_sane_number(number):
+            raise InvalidBox2D(f"box_2d holds a non-finite or absurd number: {_short(value)}")
     ymin, xmin, ymax, xmax = (_clip_round(number) for number in value)
     # some answers give the corners the wrong way round; the box they mean is clear
     ymin, ymax = min(ymin, ymax), max(ymin, ymax)
@@ -65,6 +68,21 @@ def normalize_box_2d(value: object) -> Box2D:
             f"{[ymin, xmin, ymax, xmax]}"
         )
     return (ymin, xmin, ymax, xmax)
+
+
+# A model's coordinate beyond this is not a coordinate: JSON integers have no size limit,
+# and `10**400` overflows every float conversion (math.isfinite, math.floor(x + 0.5)).
+ABSURD_NUMBER: Final = 10**9
+
+
+def is_sane_number(value: object) -> bool:
+    """A real number (not a bool) that is finite and within ±`ABSURD_NUMBER`: safe to
+    turn into a float and to clip. Never raises, whatever JSON handed us."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if isinstance(value, int):
+        return -ABSURD_NUMBER <= value <= ABSURD_NUMBER
+    return math.isfinite(value) and -ABSURD_NUMBER <= value <= ABSURD_NUMBER
 
 
 def box_2d_to_xyxy_px(box_2d: Sequence[int], width_px: int, height_px: int) -> XyxyPx:

@@ -375,14 +375,21 @@ def _polygons_of(value: list[Any] | tuple[Any, ...]) -> list[NDArray[np.float64]
 
 
 def _is_point(value: Any) -> bool:
-    return (
-        isinstance(value, list | tuple)
-        and len(value) == 2
-        and all(
-            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-            for v in value
-        )
-    )
+    return isinstance(value, list | tuple) and len(value) == 2 and all(map(_is_float_safe, value))
+
+
+def _is_float_safe(value: Any) -> bool:
+    """A real number that converts to a finite float. Not math.isfinite alone: a JSON
+    integer like 10**400 makes it raise OverflowError. Magnitude is checked later, with
+    its own message (`POLYGON_MAX_ABS_COORDINATE`)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if isinstance(value, int):
+        return -_FLOAT_SAFE_INT < value < _FLOAT_SAFE_INT
+    return math.isfinite(value)
+
+
+_FLOAT_SAFE_INT: Final = 10**300
 
 
 def _rasterize_even_odd(

@@ -59,15 +59,21 @@ class ItemList:
 
     items: list[Any]
     truncated: bool = False
+    lone_object: bool = False
+    """True when the answer was one JSON object where a list was asked for (seen in real
+    answers): it is read as a list of that one item, and a warning says so."""
 
     @property
     def warnings(self) -> list[str]:
-        if not self.truncated:
-            return []
-        return [
-            "model output was cut off before its JSON list ended (truncated, e.g. at the "
-            f"output-token limit); kept the {len(self.items)} complete items before the cut"
-        ]
+        warnings: list[str] = []
+        if self.lone_object:
+            warnings.append("model answered one JSON object, not a list; read it as one item")
+        if self.truncated:
+            warnings.append(
+                "model output was cut off before its JSON list ended (truncated, e.g. at the "
+                f"output-token limit); kept the {len(self.items)} complete items before the cut"
+            )
+        return warnings
 
 
 def extract_json(text: str) -> Any:
@@ -90,13 +96,19 @@ def extract_item_list(text: str) -> ItemList:
 
     A wrapper object is an object with exactly one list-valued member, when it is its only
     member or when the list holds only objects/lists (so ``{"box_2d": [1, 2, 3, 4],
-    "label": "x"}``, a lone item, is not mistaken for a wrapper of four numbers).
+    "label": "x"}``, a lone item, is not mistaken for a wrapper of four numbers). Any
+    other object is a lone item, read as a one-item list (``lone_object=True``): the
+    caller's item checks decide whether it is usable.
     A cut-off list gives its complete items with ``truncated=True``; a cut-off list with
-    no complete item, or JSON that is not a list, raises ModelOutputInvalid.
+    no complete item, or JSON that is neither a list nor an object, raises
+    ModelOutputInvalid.
     """
     found = _locate(text)
     if isinstance(found, _Complete):
-        return ItemList(items=_as_list(found.value, text), truncated=False)
+        value = found.value
+        if isinstance(value, dict) and _wrapped_list(value) is None:
+            return ItemList(items=[value], lone_object=True)
+        return ItemList(items=_as_list(value, text), truncated=False)
     items = _salvage_items(text, found.start)
     if not items:
         raise ModelOutputInvalid(
@@ -233,15 +245,23 @@ def _bracket_span(text: str, start: int) -> int | _Mismatched | None:
 # --- lists: unwrapping and salvage --------------------------------------------------
 
 
+def _wrapped_list(value: dict[str, Any]) -> list[Any] | None:
+    """The list a wrapper object (``{"boxes": [...]}``) holds, or None if it is no wrapper."""
+    lists = [member for member in value.values() if isinstance(member, list)]
+    if len(lists) == 1 and (
+        len(value) == 1 or all(isinstance(item, dict | list) for item in lists[0])
+    ):
+        return lists[0]
+    return None
+
+
 def _as_list(value: Any, text: str) -> list[Any]:
     if isinstance(value, list):
         return value
     if isinstance(value, dict):
-        lists = [member for member in value.values() if isinstance(member, list)]
-        if len(lists) == 1 and (
-            len(value) == 1 or all(isinstance(item, dict | list) for item in lists[0])
-        ):
-            return lists[0]
+        wrapped = _wrapped_list(value)
+        if wrapped is not None:
+            return wrapped
         keys = ", ".join(repr(key) for key in list(value)[:10])
         raise ModelOutputInvalid(
             f"model output is a JSON object (keys {keys}), not a list", raw_text=text

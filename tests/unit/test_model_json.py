@@ -109,11 +109,31 @@ def test_extract_item_list_finds_the_list(text: str, expected: list[object]) -> 
 
 
 @pytest.mark.parametrize(
+    ("text", "item"),
+    [
+        pytest.param(
+            '{"box_2d": [1, 2, 3, 4], "label": "a"}',
+            {"box_2d": [1, 2, 3, 4], "label": "a"},
+            id="lone-item-is-not-a-wrapper",
+        ),
+        pytest.param(
+            '{"a": [{"x": 1}], "b": [{"y": 2}]}',
+            {"a": [{"x": 1}], "b": [{"y": 2}]},
+            id="two-lists-is-a-lone-object",
+        ),
+        pytest.param('{"a": 1}', {"a": 1}, id="object-without-list"),
+    ],
+)
+def test_extract_item_list_reads_a_lone_object_as_one_item(text: str, item: object) -> None:
+    found = extract_item_list(text)
+    assert found.items == [item]
+    assert found.lone_object and not found.truncated
+    assert found.warnings == ["model answered one JSON object, not a list; read it as one item"]
+
+
+@pytest.mark.parametrize(
     "text",
     [
-        pytest.param('{"box_2d": [1, 2, 3, 4], "label": "a"}', id="lone-item-is-not-a-wrapper"),
-        pytest.param('{"a": [{"x": 1}], "b": [{"y": 2}]}', id="two-lists-is-ambiguous"),
-        pytest.param('{"a": 1}', id="object-without-list"),
         pytest.param('"cat"', id="string"),
         pytest.param("3", id="number"),
         pytest.param("no json here", id="no-json"),

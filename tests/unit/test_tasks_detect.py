@@ -387,10 +387,22 @@ def test_variants_parse_without_warnings(text: str, expected: list[tuple[str, li
             id="missing-box-dropped",
         ),
         pytest.param(
-            [{"box_2d": [1, 2, 3, 4]}, item([10, 20, 30, 40])],
+            [{"box_2d": [100, 200, 300, 400]}],
+            [EMPTY_LABEL],
+            'item 0: no label; labelled "object"',
+            id="missing-label-becomes-object",
+        ),
+        pytest.param(
+            [item([10**400, 20, 30, 40]), item([10, 20, 30, 40])],
             ["cup"],
-            "dropped item 0: no label",
-            id="missing-label-dropped",
+            "dropped item 0: box_2d holds a non-finite or absurd number",
+            id="huge-integer-coordinate-dropped",
+        ),
+        pytest.param(
+            [item([-(10**12), 20, 30, 40]), item([10, 20, 30, 40])],
+            ["cup"],
+            "dropped item 0: box_2d holds a non-finite or absurd number",
+            id="absurd-negative-coordinate-dropped",
         ),
         pytest.param(
             ["cup", item([10, 20, 30, 40])],
@@ -427,6 +439,14 @@ def test_bad_items_are_dropped_or_mended_with_a_warning(
     assert result.warnings[0].startswith(warning)
 
 
+def test_a_lone_object_is_read_as_a_one_item_list() -> None:
+    result = TASK.parse('{"box_2d": [100, 200, 300, 400], "label": "cup"}', detect_spec(), [SQUARE])
+    assert result.output["objects"] == [
+        {"label": "cup", "box_2d": [100, 200, 300, 400], "box": [200, 100, 400, 300]}
+    ]
+    assert result.warnings == ["model answered one JSON object, not a list; read it as one item"]
+
+
 def test_more_objects_than_max_items_keeps_the_first() -> None:
     items = [item([10, 20, 30, 40], f"cup {i}") for i in range(5)]
     result = TASK.parse(as_text(items), detect_spec(max_items=3), [SQUARE])
@@ -447,8 +467,10 @@ def test_many_bad_items_give_a_bounded_number_of_warnings() -> None:
     [
         pytest.param("I could not find any cupcakes in this image.", "no JSON", id="prose-only"),
         pytest.param("", "no text", id="empty-text"),
-        pytest.param('{"label": "cup"}', "not a list", id="object-not-list"),
-        pytest.param('{"box_2d": [1, 2, 3, 4], "label": "cup"}', "not a list", id="lone-item"),
+        pytest.param('{"label": "cup"}', "none of the model's 1 items", id="lone-object-no-box"),
+        pytest.param(
+            '{"a": 1, "b": [1, 2]}', "none of the model's 1 items", id="lone-other-object"
+        ),
         pytest.param('"cup"', "not a list", id="string-not-list"),
         pytest.param("[[10, 20, 30, 40]]", "without objects", id="list-of-lists"),
         pytest.param('["cup", "plate"]', "without objects", id="list-of-strings"),

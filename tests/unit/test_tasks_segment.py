@@ -110,6 +110,36 @@ def test_real_answer_cut_inside_a_mask_keeps_the_masks_before(gemini_real: Path)
     assert "cut off" in result.warnings[0]
 
 
+def test_real_lone_object_answer_gives_its_object_and_mask(gemini_real: Path) -> None:
+    # a real answer that is one JSON object, not the list that was asked for
+    name = "secondary/segment_usercode_fire-extinguisher-mask_repo-unknown.json"
+    result = TASK.parse((gemini_real / name).read_text(), segment_spec(), [CUPCAKES])
+    [obj] = result.output["objects"]
+    assert obj["label"] == "clock of fire extinguisher"
+    assert obj["box_2d"] == [380, 368, 499, 520]
+    assert result.masks is not None and result.masks[0] is not None
+    assert result.masks[0].area_px() > 0
+    assert result.warnings == ["model answered one JSON object, not a list; read it as one item"]
+
+
+def test_an_item_without_a_label_keeps_its_box_and_mask(gemini_real: Path) -> None:
+    text = (gemini_real / SEGMENT_02).read_text()
+    items = json.loads(text.removeprefix("```json").removesuffix("```"))
+    del items[0]["label"]
+    result = TASK.parse(json.dumps(items), segment_spec(), [CUPCAKES])
+    assert result.output["objects"][0]["label"] == detect.EMPTY_LABEL
+    assert result.masks is not None and result.masks[0] is not None
+    assert 'item 0: no label; labelled "object"' in result.warnings
+
+
+def test_polygon_with_a_huge_integer_costs_only_its_mask() -> None:
+    polygon = [[10**400, 1], [2, 3], [4, 5]]
+    text = json.dumps([{"box_2d": [100, 100, 500, 500], "label": "x", "mask": polygon}])
+    result = TASK.parse(text, segment_spec(), [CUPCAKES])
+    assert [o["label"] for o in result.output["objects"]] == ["x"]
+    assert result.masks == [None]
+
+
 def test_real_seg_token_answer_keeps_boxes_without_masks(gemini_real: Path) -> None:
     text = (gemini_real / SEG_TOKENS).read_text()
     first_image = [
