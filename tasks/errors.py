@@ -8,18 +8,24 @@ its boundary, always ``raise ... from exc``.
     GvwError
     ├── PermanentError               never retried: error.json at once
     │   ├── InvalidJob               invalid_job
+    │   │   └── JobIdConflict        invalid_job        (the id belongs to another job)
     │   ├── InputNotAllowed          input_not_allowed
     │   ├── InputNotFound            input_not_found
     │   ├── InvalidImage             invalid_image
     │   ├── TooLarge                 too_large
     │   ├── ModelBlocked             model_blocked      (safety block: a final answer)
     │   ├── ModelRejected            model_error        (4xx: the request as sent is wrong)
-    │   └── QuotaExhausted           quota_exhausted    (per-day quota: waiting, not retrying)
+    │   ├── QuotaExhausted           quota_exhausted    (per-day quota: waiting, not retrying)
+    │   └── WorkerLost               internal           (the job kept killing its worker)
     ├── ModelOutputInvalid           model_output_invalid, retried a bounded number of times
     └── RetryableError               retried with backoff, then error.json
         ├── ModelRateLimited         429 per-minute quota, carries retry_after_s
         ├── ModelUnavailable         500/502/503/504, timeouts, connection resets
-        └── StorageUnavailable       S3 5xx, SlowDown, timeouts
+        ├── StorageUnavailable       S3 5xx, SlowDown, timeouts
+        ├── AttemptTimedOut          internal           (past the soft time limit)
+        ├── JobBusy                  internal           (another worker holds the job)
+        └── RecordNotWritten         internal           (failed for good, but storage did
+                                                         not take error.json: written later)
 
 Each class carries its stable ``code`` (CONTRACT.md's error codes) so the task decides
 retry or failure from the type alone. Instances pickle cleanly (they cross Celery).
@@ -68,6 +74,31 @@ class PermanentError(GvwError):
 
 class InvalidJob(PermanentError):
     code = "invalid_job"
+
+
+class JobIdConflict(InvalidJob):
+    """The job id was first used by a different job (other images, prompt, output, ...).
+
+    ``holder_folder`` is the results folder of the job that holds the id: the refused job
+    never writes there, so it cannot read or spoil the first job's records.
+    """
+
+    def __init__(self, job_id: str, *, holder_folder: str | None = None) -> None:
+        super().__init__(
+            f"job_id already used by a different job ({job_id!r}): a job id is an "
+            "idempotency key, so resend the same job under it, or use a new id",
+            holder_folder=holder_folder,
+        )
+
+    @property
+    def holder_folder(self) -> str | None:
+        value = self.details.get("holder_folder")
+        return value if isinstance(value, str) else None
+
+    def to_record(self) -> dict[str, Any]:
+        record = super().to_record()
+        record.pop("holder_folder", None)  # another producer's folder is not ours to show
+        return record
 
 
 class InputNotAllowed(PermanentError):
@@ -159,5 +190,13 @@ class AttemptTimedOut(RetryableError):
 
 class JobBusy(RetryableError):
     """Another live worker holds this job's lock: come back shortly, when its result exists."""
+
+    code = "internal"
+
+
+class RecordNotWritten(RetryableError):
+    """The job failed for good, its dead-letter entry holds the error record, but storage
+    did not take error.json: the message comes back later to write it (bounded by
+    GVW_MAX_DELIVERIES), and never runs the job again meanwhile."""
 
     code = "internal"

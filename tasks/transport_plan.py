@@ -47,3 +47,39 @@ def plan_transports(
         plan[index] = "file_api"
         total -= base64_size(sizes_bytes[index])
     return plan
+
+
+class InlinePlanner:
+    """`plan_transports` one image at a time, so a job never holds more than one request's
+    worth of image bytes: each image is held for the inline request as it arrives, and
+    whenever the request would pass `inline_max_bytes`, the largest held images move to
+    the File API (to be uploaded at once, and their bytes let go).
+
+    It moves the same images the whole-list plan would: that plan keeps the smallest
+    images whose request fits, and adding an image can only push out the largest ones.
+    Images already uploaded (cached) are never held, so they are not added here.
+    """
+
+    def __init__(self, *, prompt_bytes: int, inline_max_bytes: int) -> None:
+        self._inline_max_bytes = inline_max_bytes
+        self._total = REQUEST_OVERHEAD_BYTES + prompt_bytes
+        self._held: dict[int, int] = {}  # index -> size in bytes
+
+    @property
+    def held(self) -> frozenset[int]:
+        return frozenset(self._held)
+
+    def add(self, index: int, size_bytes: int) -> list[int]:
+        """Hold image `index` inline; return the indexes (largest first) that must move
+        to the File API now to keep the request within the limit."""
+        if index in self._held:
+            raise ValueError(f"image {index} was added twice")
+        self._held[index] = size_bytes
+        self._total += base64_size(size_bytes)
+        moved: list[int] = []
+        while self._total > self._inline_max_bytes and self._held:
+            # the same order as plan_transports: largest first, then the lowest index
+            largest = min(self._held, key=lambda i: (-self._held[i], i))
+            self._total -= base64_size(self._held.pop(largest))
+            moved.append(largest)
+        return moved

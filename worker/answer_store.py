@@ -1,8 +1,11 @@
-"""A job's validated model answer, kept so that it is paid for once.
+"""A job's model answer, kept so that it is paid for once.
 
-After the model answered and the answer parsed, it is stored here before anything is
-published. A redelivery (the worker died before committing) or a concurrent duplicate
-finds it and publishes without calling Gemini again. Bounded in size and time: answers
+As soon as the model has answered, the answer is stored here, before it is read or
+anything is published. A redelivery (the worker died before committing, or a bug failed
+the attempt after the answer) or a concurrent duplicate finds it and publishes without
+calling Gemini again; an answer that turns out unreadable is forgotten, so the retry
+asks afresh. Entries carry the job's fingerprint (`Job.fingerprint`): only the very job
+that paid for an answer gets it back, never another job that reuses its id. Bounded in size and time: answers
 larger than `max_bytes` are not kept (they are re-asked), entries expire after `ttl_s`.
 Correctness does not depend on it: result.json's conditional create does.
 """
@@ -24,17 +27,23 @@ PaidAnswer = tuple[ModelAnswer, list[str]]
 
 
 class AnswerStore(Protocol):
-    def get(self, job_id: str) -> PaidAnswer | None: ...
-    def put(self, job_id: str, answer: ModelAnswer, transports: list[str]) -> bool: ...
+    def get(self, job_id: str, fingerprint: str) -> PaidAnswer | None: ...
+    def put(
+        self, job_id: str, fingerprint: str, answer: ModelAnswer, transports: list[str]
+    ) -> bool: ...
     def forget(self, job_id: str) -> None: ...
 
 
-def _encode(answer: ModelAnswer, transports: list[str]) -> bytes:
-    return json.dumps({"answer": asdict(answer), "transports": transports}).encode()
+def _encode(fingerprint: str, answer: ModelAnswer, transports: list[str]) -> bytes:
+    return json.dumps(
+        {"fingerprint": fingerprint, "answer": asdict(answer), "transports": transports}
+    ).encode()
 
 
-def _decode(raw: bytes) -> PaidAnswer:
+def _decode(raw: bytes, fingerprint: str) -> PaidAnswer | None:
     data = json.loads(raw)
+    if data.get("fingerprint") != fingerprint:
+        return None  # paid for by another job that used this id: not ours to publish
     fields = data["answer"]
     fields["usage"] = TokenUsage(**fields["usage"])
     return ModelAnswer(**fields), list(data["transports"])
@@ -48,12 +57,14 @@ class RedisAnswerStore:
         self._ttl_s = ttl_s
         self._max_bytes = max_bytes
 
-    def get(self, job_id: str) -> PaidAnswer | None:
+    def get(self, job_id: str, fingerprint: str) -> PaidAnswer | None:
         raw = self._redis.get(f"gvw:answer:{job_id}")
-        return _decode(raw) if raw else None  # type: ignore[arg-type]
+        return _decode(raw, fingerprint) if raw else None  # type: ignore[arg-type]
 
-    def put(self, job_id: str, answer: ModelAnswer, transports: list[str]) -> bool:
-        raw = _encode(answer, transports)
+    def put(
+        self, job_id: str, fingerprint: str, answer: ModelAnswer, transports: list[str]
+    ) -> bool:
+        raw = _encode(fingerprint, answer, transports)
         if len(raw) > self._max_bytes:
             return False
         self._redis.set(f"gvw:answer:{job_id}", raw, ex=self._ttl_s)
@@ -69,16 +80,19 @@ class LocalAnswerStore:
         self._answers: dict[str, tuple[float, bytes]] = {}
         self._mutex = threading.Lock()
 
-    def get(self, job_id: str) -> PaidAnswer | None:
+    def get(self, job_id: str, fingerprint: str) -> PaidAnswer | None:
         with self._mutex:
             item = self._answers.get(job_id)
         if item is None or item[0] < time.monotonic():
             return None
-        return _decode(item[1])
+        return _decode(item[1], fingerprint)
 
-    def put(self, job_id: str, answer: ModelAnswer, transports: list[str]) -> bool:
+    def put(
+        self, job_id: str, fingerprint: str, answer: ModelAnswer, transports: list[str]
+    ) -> bool:
+        encoded = _encode(fingerprint, answer, transports)
         with self._mutex:
-            self._answers[job_id] = (time.monotonic() + self._ttl_s, _encode(answer, transports))
+            self._answers[job_id] = (time.monotonic() + self._ttl_s, encoded)
         return True
 
     def forget(self, job_id: str) -> None:

@@ -15,17 +15,27 @@ from celery import Celery, Task, signals
 from celery.concurrency import get_implementation
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
-from tasks.errors import AttemptTimedOut, GvwError, InvalidJob, RetryableError, WorkerLost
+from tasks import registry
+from tasks.errors import (
+    AttemptTimedOut,
+    GvwError,
+    InvalidJob,
+    RecordNotWritten,
+    RetryableError,
+    WorkerLost,
+)
 from worker import runtime
 from worker.jobs import JOB_ID_PATTERN, new_job_id, parse_job, salvage_identity
+from worker.message_guard import task_label
 from worker.observability import (
     JOBS,
     RETRIES,
     configure_logging,
     start_metrics_server,
 )
-from worker.pipeline import publish_error, run
+from worker.pipeline import Outcome, Ports, job_fingerprint, publish_error, run
 from worker.producer import QUEUE, TASK_NAME
+from worker.remote_control import restrict_remote_control
 from worker.retry_policy import RetryPolicy
 from worker.settings import Settings, get_settings
 
@@ -76,6 +86,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_soft_shutdown_timeout": settings.gvw_soft_shutdown_timeout_s,
         "worker_enable_soft_shutdown_on_idle": True,
         "worker_hijack_root_logger": False,
+        # every incoming message's shape is checked before Celery reads it: a malformed
+        # one is refused and recorded, never a crash of the worker (worker.message_guard)
+        "worker_consumer": "worker.message_guard:GuardedConsumer",
     }
 
 
@@ -102,6 +115,8 @@ def _init_worker(sender: Any = None, **_: Any) -> None:
     # themselves; warming the parent too would only grow what every fork copies.)
     # Celery sets logging up only after this signal: do it now, so the warm-up is logged.
     _setup_logging()
+    # producers share the broker: only read-only control commands are obeyed
+    restrict_remote_control()
     runtime.init_process(warm=_pool_runs_jobs_here(getattr(sender, "pool_cls", None)))
     start_metrics_server(get_settings().gvw_metrics_port)
 
@@ -159,46 +174,66 @@ class AnalyzeTask(Task):
                 args=[job], task_id=task_id, queue=QUEUE, countdown=ports.settings.gvw_retry_base_s
             )
             return
-        publish_error(
-            ports,
-            job_id=parsed.job_id,
-            task=parsed.task,
-            output=parsed.output,
-            error=WorkerLost(
-                f"every attempt exceeded the hard time limit "
-                f"({ports.settings.gvw_hard_time_limit_s} s), {timeouts} times"
-            ),
-            attempts=timeouts,
-            job=job,
-        )
+        try:
+            outcome = publish_error(
+                ports,
+                job_id=parsed.job_id,
+                task=parsed.task,
+                output=parsed.output,
+                error=WorkerLost(
+                    f"every attempt exceeded the hard time limit "
+                    f"({ports.settings.gvw_hard_time_limit_s} s), {timeouts} times"
+                ),
+                attempts=timeouts,
+                job=job,
+                fingerprint=job_fingerprint(parsed, ports.settings),
+            )
+        except RecordNotWritten as err:
+            # acked already: the dead-letter entry, written first, is the job's record
+            log.error(
+                "storage did not take the error record; the dead-letter index keeps it",
+                extra={"job_id": parsed.job_id, "error_message": err.message},
+            )
+            JOBS.labels(_task_label(parsed.task), "failed").inc()
+            return
+        _ended(outcome, parsed.task)
 
 
 # max_retries=None: our RetryPolicy bounds retries. Celery's default (3) would make the
 # 4th `self.retry()` re-raise the error instead: the task fails, is acked, and the job
 # ends with no result and no error record.
 @app.task(name=TASK_NAME, bind=True, base=AnalyzeTask, max_retries=None)
-def analyze(self: Task, job: Any) -> dict[str, Any]:
-    """Validate, run the pipeline, and map errors to retry or a final error record."""
+def analyze(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Validate, run the pipeline, and map errors to retry or a final error record.
+
+    The job is the one positional argument; anything else a producer sent (no argument,
+    several, keyword arguments) is refused and recorded like any invalid job. Every job
+    that ends here is counted once in `gvw_jobs_total`; a retry is not an end.
+    """
     ports = runtime.get_ports()
     retries = int(self.request.retries or 0)
+    job, shape_problem = _job_argument(args, kwargs)
     try:
+        if shape_problem is not None:
+            raise InvalidJob(f"malformed task message: {shape_problem}")
         parsed = parse_job(job, default_job_id=self.request.id)
     except InvalidJob as err:
         job_id, output = salvage_identity(job)
-        job_id = job_id or parse_job_id_fallback(self.request.id)
-        return publish_error(
+        return _record_failure(
+            self,
             ports,
-            job_id=job_id,
-            task=_task_name(job),
+            job_id=job_id or parse_job_id_fallback(self.request.id),
+            task=task_label(job),
             output=output,
             error=err,
             attempts=retries + 1,
             job=job,
-        ).as_dict()
+        )
     try:
         outcome = run(parsed, ports, attempt=retries + 1)
-        JOBS.labels(parsed.task, "already_done" if outcome.already_done else outcome.status).inc()
-        return outcome.as_dict()
+        return _ended(outcome, parsed.task)
+    except RecordNotWritten as err:
+        return _retry_record(self, ports, parsed.job_id, parsed.task, err)
     except GvwError as err:
         error = err
     except SoftTimeLimitExceeded:
@@ -217,7 +252,8 @@ def analyze(self: Task, job: Any) -> dict[str, Any]:
         )
         RETRIES.labels(type(error).__name__).inc()
         raise self.retry(countdown=countdown_s, max_retries=None, exc=error)
-    return publish_error(
+    return _record_failure(
+        self,
         ports,
         job_id=parsed.job_id,
         task=parsed.task,
@@ -225,15 +261,69 @@ def analyze(self: Task, job: Any) -> dict[str, Any]:
         error=error,
         attempts=retries + 1,
         job=job,
-    ).as_dict()
+        fingerprint=job_fingerprint(parsed, ports.settings),
+    )
+
+
+def _job_argument(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, str | None]:
+    """The job, and what is wrong with how it was sent (None when nothing is)."""
+    first = args[0] if args else None
+    if kwargs:
+        names = ", ".join(repr(str(k)[:40]) for k in list(kwargs)[:5])
+        return first, (
+            f"unexpected kwargs ({names}): the job is the task's one positional argument"
+        )
+    if len(args) != 1:
+        return first, f"expected the job as the one positional argument, got {len(args)} args"
+    return first, None
+
+
+def _record_failure(self: Task, ports: Ports, **failure: Any) -> dict[str, Any]:
+    """Write the job's error record (dead-letter entry first); when storage does not take
+    it, the message comes back to write it later."""
+    try:
+        outcome = publish_error(ports, **failure)
+    except RecordNotWritten as err:
+        return _retry_record(self, ports, failure["job_id"], failure["task"], err)
+    return _ended(outcome, failure["task"])
+
+
+def _retry_record(
+    self: Task, ports: Ports, job_id: str, task: str | None, err: RecordNotWritten
+) -> dict[str, Any]:
+    """The job failed for good, but storage did not take error.json: send the message
+    back to write it later (its dead-letter entry holds it), at most GVW_MAX_DELIVERIES
+    times; then the entry is the job's only record, and says so."""
+    tries = ports.deliveries.count(f"{job_id}:record", 0)
+    if tries <= ports.settings.gvw_max_deliveries:
+        countdown_s = retry_policy(ports.settings).countdown_s(err, tries - 1)
+        log.warning(
+            "could not write the error record, trying again later",
+            extra={"job_id": job_id, "countdown_s": countdown_s, "error_message": err.message},
+        )
+        RETRIES.labels(type(err).__name__).inc()
+        raise self.retry(countdown=countdown_s, max_retries=None, exc=err)
+    log.error(
+        "gave up writing the error record; the dead-letter index keeps it (gvw dead-letters list)",
+        extra={"job_id": job_id, "tries": tries, "error_message": err.message},
+    )
+    JOBS.labels(_task_label(task), "failed").inc()
+    return {"job_id": job_id, "status": "failed", "uri": "", "already_done": False}
+
+
+def _ended(outcome: Outcome, task: str | None) -> dict[str, Any]:
+    """Count the job's end, once: succeeded, failed, or already_done."""
+    kind = "already_done" if outcome.already_done else outcome.status
+    JOBS.labels(_task_label(task), kind).inc()
+    return outcome.as_dict()
+
+
+def _task_label(task: str | None) -> str:
+    # a producer controls the task name: only known ones become label values
+    return task if task in registry.task_names() else "invalid"
 
 
 def parse_job_id_fallback(task_id: str | None) -> str:
     if task_id and re.match(JOB_ID_PATTERN, task_id):
         return task_id
     return new_job_id()
-
-
-def _task_name(job: Any) -> str | None:
-    task = job.get("task") if isinstance(job, dict) else None
-    return task if isinstance(task, str) and len(task) <= 32 else None

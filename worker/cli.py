@@ -398,6 +398,7 @@ def _cmd_files(args: argparse.Namespace) -> int:
 def _cmd_dead_letters(args: argparse.Namespace) -> int:
     from worker.layout import error_uri
     from worker.producer import send_job
+    from worker.records import is_summary
     from worker.runtime import build_ports
     from worker.settings import get_settings
 
@@ -432,6 +433,11 @@ def _cmd_dead_letters(args: argparse.Namespace) -> int:
         found = ports.deliveries.get(job_id)
         if found is None or found.job is None:
             _fail(f"{job_id}: no dead letter with a stored job to replay")
+            failures += 1
+            continue
+        if is_summary(found.job):
+            # a job over 16 KB is kept as a summary (worker.records): not enough to rerun it
+            _fail(f"{job_id}: the dead letter keeps only a summary of this large job; resubmit it")
             failures += 1
             continue
         output = found.job.get("output") if isinstance(found.job.get("output"), str) else None

@@ -8,9 +8,16 @@ retries are separate attempts with their own count (`request.retries` is in the 
 Redis has no dead-letter queue: a rejected message is gone. Dead letters are the job's
 error.json plus an entry here, which is what `gvw dead-letters list | replay` reads.
 
+The entry is written *before* error.json: a job that failed for good while storage is
+down still leaves a trace, and its record waits here (``recorded`` = 0, ``record``) until
+a later delivery writes it (`worker.job_claims` tells that delivery so). Every field is
+bounded (`worker.records`): the job is kept as a summary of at most 16 KB.
+
     gvw:deliveries:{job_id}:{retries}   delivery count of one attempt (expires)
     gvw:dead_letters                    zset job_id -> when (epoch s)
-    gvw:dead_letter:{job_id}            hash: code, message, attempts, when, job (JSON)
+    gvw:dead_letter:{job_id}            hash: code, message, attempts, when, job (JSON
+                                        summary), fingerprint, recorded (0/1), and
+                                        record (error.json's bytes) while recorded = 0
 """
 
 from __future__ import annotations
@@ -18,12 +25,20 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import redis
 
+from worker.records import summarize_job
+
 _INDEX = "gvw:dead_letters"
+_DEAD_LETTER_TTL_S = 30 * 24 * 3600
+_MESSAGE_MAX_CHARS = 2000
+
+
+def dead_letter_key(job_id: str) -> str:
+    return f"gvw:dead_letter:{job_id}"
 
 
 @dataclass(frozen=True)
@@ -34,6 +49,8 @@ class DeadLetter:
     attempts: int
     when: float
     job: dict[str, Any] | None
+    fingerprint: str = ""
+    recorded: bool = True
 
 
 class Deliveries(Protocol):
@@ -41,8 +58,27 @@ class Deliveries(Protocol):
     def forget(self, job_id: str) -> None: ...
     def clear(self, job_id: str, retries: int) -> None: ...
     def dead_letter(
-        self, job_id: str, *, code: str, message: str, attempts: int, job: Any
-    ) -> None: ...
+        self,
+        job_id: str,
+        *,
+        code: str,
+        message: str,
+        attempts: int,
+        job: Any,
+        fingerprint: str = "",
+        record: bytes = b"",
+    ) -> None:
+        """Index a job that failed for good, its record not yet written (``recorded`` 0)."""
+        ...
+
+    def mark_recorded(self, job_id: str) -> None:
+        """The job's error.json is written: the index no longer holds the record."""
+        ...
+
+    def pending_record(self, job_id: str) -> bytes | None:
+        """The error record still to be written, if any."""
+        ...
+
     def dead_letters(self, limit: int = 100) -> Iterator[DeadLetter]: ...
     def get(self, job_id: str) -> DeadLetter | None: ...
     def remove(self, job_id: str) -> None: ...
@@ -69,20 +105,47 @@ class RedisDeliveries:
         if keys:
             self._redis.delete(*keys)
 
-    def dead_letter(self, job_id: str, *, code: str, message: str, attempts: int, job: Any) -> None:
+    def dead_letter(
+        self,
+        job_id: str,
+        *,
+        code: str,
+        message: str,
+        attempts: int,
+        job: Any,
+        fingerprint: str = "",
+        record: bytes = b"",
+    ) -> None:
         now = time.time()
-        record: dict[str | bytes, str] = {
+        fields: dict[str | bytes, str | bytes] = {
             "code": code,
-            "message": message[:2000],
+            "message": message[:_MESSAGE_MAX_CHARS],
             "attempts": str(attempts),
             "when": str(now),
-            "job": json.dumps(job) if isinstance(job, dict) else "",
+            "job": json.dumps(summarize_job(job), ensure_ascii=False) if job is not None else "",
+            "fingerprint": fingerprint,
+            "recorded": "0",
+            "record": record,
         }
+        key = dead_letter_key(job_id)
         pipe = self._redis.pipeline()
-        pipe.hset(f"gvw:dead_letter:{job_id}", mapping=record)
-        pipe.expire(f"gvw:dead_letter:{job_id}", 30 * 24 * 3600)
+        pipe.hset(key, mapping=fields)
+        pipe.expire(key, _DEAD_LETTER_TTL_S)
         pipe.zadd(_INDEX, {job_id: now})
         pipe.execute()
+
+    def mark_recorded(self, job_id: str) -> None:
+        key = dead_letter_key(job_id)
+        pipe = self._redis.pipeline()
+        pipe.hset(key, "recorded", "1")
+        pipe.hdel(key, "record")
+        pipe.execute()
+
+    def pending_record(self, job_id: str) -> bytes | None:
+        recorded, record = self._redis.hmget(dead_letter_key(job_id), ["recorded", "record"])
+        if recorded != b"0" or not record:
+            return None
+        return bytes(record)  # type: ignore[arg-type]
 
     def dead_letters(self, limit: int = 100) -> Iterator[DeadLetter]:
         for raw_id in self._redis.zrevrange(_INDEX, 0, max(0, limit - 1)):
@@ -92,10 +155,11 @@ class RedisDeliveries:
                 yield letter
 
     def get(self, job_id: str) -> DeadLetter | None:
-        raw = self._redis.hgetall(f"gvw:dead_letter:{job_id}")
-        if not raw:
+        wanted = ["code", "message", "attempts", "when", "job", "fingerprint", "recorded"]
+        values = self._redis.hmget(dead_letter_key(job_id), wanted)
+        if all(v is None for v in values):
             return None
-        fields = {k.decode(): v.decode() for k, v in raw.items()}  # type: ignore[union-attr]
+        fields = {k: v.decode() for k, v in zip(wanted, values, strict=True) if v is not None}  # type: ignore[union-attr]
         return DeadLetter(
             job_id=job_id,
             code=fields.get("code", ""),
@@ -103,12 +167,14 @@ class RedisDeliveries:
             attempts=int(fields.get("attempts", "0")),
             when=float(fields.get("when", "0")),
             job=json.loads(fields["job"]) if fields.get("job") else None,
+            fingerprint=fields.get("fingerprint", ""),
+            recorded=fields.get("recorded", "1") != "0",
         )
 
     def remove(self, job_id: str) -> None:
         pipe = self._redis.pipeline()
         pipe.zrem(_INDEX, job_id)
-        pipe.delete(f"gvw:dead_letter:{job_id}")
+        pipe.delete(dead_letter_key(job_id))
         pipe.execute()
 
 
@@ -118,6 +184,7 @@ class LocalDeliveries:
     def __init__(self) -> None:
         self._counts: dict[tuple[str, int], int] = {}
         self._letters: dict[str, DeadLetter] = {}
+        self._records: dict[str, bytes] = {}
 
     def count(self, job_id: str, retries: int) -> int:
         key = (job_id, retries)
@@ -131,10 +198,41 @@ class LocalDeliveries:
         for key in [k for k in self._counts if k[0] == job_id]:
             del self._counts[key]
 
-    def dead_letter(self, job_id: str, *, code: str, message: str, attempts: int, job: Any) -> None:
+    def dead_letter(
+        self,
+        job_id: str,
+        *,
+        code: str,
+        message: str,
+        attempts: int,
+        job: Any,
+        fingerprint: str = "",
+        record: bytes = b"",
+    ) -> None:
+        summary = summarize_job(job)
         self._letters[job_id] = DeadLetter(
-            job_id, code, message, attempts, time.time(), job if isinstance(job, dict) else None
+            job_id,
+            code,
+            message[:_MESSAGE_MAX_CHARS],
+            attempts,
+            time.time(),
+            summary if isinstance(summary, dict) else None,
+            fingerprint,
+            recorded=False,
         )
+        self._records[job_id] = record
+
+    def mark_recorded(self, job_id: str) -> None:
+        letter = self._letters.get(job_id)
+        if letter is not None:
+            self._letters[job_id] = replace(letter, recorded=True)
+        self._records.pop(job_id, None)
+
+    def pending_record(self, job_id: str) -> bytes | None:
+        letter = self._letters.get(job_id)
+        if letter is None or letter.recorded:
+            return None
+        return self._records.get(job_id) or None
 
     def dead_letters(self, limit: int = 100) -> Iterator[DeadLetter]:
         yield from sorted(self._letters.values(), key=lambda d: -d.when)[:limit]
@@ -144,3 +242,4 @@ class LocalDeliveries:
 
     def remove(self, job_id: str) -> None:
         self._letters.pop(job_id, None)
+        self._records.pop(job_id, None)

@@ -41,6 +41,7 @@ from typing import Any, Final
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from tasks.base import ImageSize
 from tasks.errors import InvalidImage, TooLarge
 
 # 70 MP: every common camera (64 MP phone sensors, 61 MP full-frame bodies) passes, and
@@ -102,8 +103,10 @@ class PreparedImage:
 
     ``width_px`` and ``height_px`` are the upright image's (EXIF orientation applied): the
     frame in which the model's boxes and masks are read. ``upright`` is that image, decoded
-    once, in RGB or RGBA, for drawing overlays: treat it as read-only (``copy()`` it before
-    drawing on it), it may share memory with the decoder.
+    once, in RGB or RGBA, for drawing overlays and reduced copies: treat it as read-only
+    (``copy()`` it before drawing on it), it may share memory with the decoder. It is None
+    when the caller did not ask to keep the pixels (``keep_pixels=False``): a 24 MP image
+    is 72 MB decoded, and most images of a job are only sent, never drawn on.
     """
 
     data: bytes
@@ -118,7 +121,7 @@ class PreparedImage:
     """What the bytes were, as `sniff_image_format` names it: "JPEG", "GIF", "HEIC", ..."""
     converted: bool
     """True when ``data`` is a re-encoding, False when it is the original bytes."""
-    upright: Image.Image = field(repr=False, compare=False)
+    upright: Image.Image | None = field(repr=False, compare=False)
     exif_orientation: int = 1
     """The EXIF orientation found and applied (1 = already upright)."""
     decoder_warnings: tuple[str, ...] = ()
@@ -129,6 +132,50 @@ class PreparedImage:
     @property
     def sent_width_height_px(self) -> tuple[int, int]:
         return self.sent_size_px or (self.width_px, self.height_px)
+
+    def facts(self, uri: str) -> ImageFacts:
+        """What the result records about this image, without its bytes or pixels."""
+        return ImageFacts(
+            uri=uri,
+            sha256=self.sha256,
+            mime_type=self.mime_type,
+            width_px=self.width_px,
+            height_px=self.height_px,
+            sent_width_height_px=self.sent_width_height_px,
+            decoder_warnings=self.decoder_warnings,
+        )
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """One image of a job as its result.json describes it: kept for every image of the
+    job while the bytes and pixels of each are let go as soon as the request has them."""
+
+    uri: str
+    sha256: str
+    mime_type: str
+    width_px: int
+    height_px: int
+    sent_width_height_px: tuple[int, int]
+    decoder_warnings: tuple[str, ...]
+
+    @property
+    def size(self) -> ImageSize:
+        return ImageSize(self.width_px, self.height_px)
+
+    def record(self, transport: str) -> dict[str, Any]:
+        """The entry of result.json's `images`."""
+        return {
+            "uri": self.uri,
+            "sha256": self.sha256,
+            "mime_type": self.mime_type,
+            "width": self.width_px,
+            "height": self.height_px,
+            "transport": transport,
+            # what the model saw, when a reduced copy was sent (segment)
+            "sent_width": self.sent_width_height_px[0],
+            "sent_height": self.sent_width_height_px[1],
+        }
 
 
 def fit_within(image: PreparedImage, max_side_px: int) -> PreparedImage:
@@ -141,6 +188,8 @@ def fit_within(image: PreparedImage, max_side_px: int) -> PreparedImage:
     """
     if max_side_px <= 0 or max(image.width_px, image.height_px) <= max_side_px:
         return image
+    if image.upright is None:
+        raise ValueError("fit_within needs the pixels: prepare the image with keep_pixels=True")
     reduced = image.upright.copy()
     # reducing_gap: a fast whole-factor reduce first, then a proper filter for the rest
     reduced.thumbnail((max_side_px, max_side_px), Image.Resampling.LANCZOS, reducing_gap=3.0)
@@ -247,12 +296,21 @@ _UNSUPPORTED_IMAGE_KINDS: Final = frozenset(
 )
 
 
-def prepare_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> PreparedImage:
+def prepare_image(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    keep_pixels: bool = True,
+    job_pixels_left: int | None = None,
+) -> PreparedImage:
     """Check, decode and, where needed, convert untrusted image bytes.
 
     Raises `InvalidImage` (not an image, an unsupported format, truncated or corrupt data)
-    or `TooLarge` (more than ``max_pixels`` pixels, or a decompression bomb). Both are
-    permanent: retrying the same bytes cannot help.
+    or `TooLarge` (more than ``max_pixels`` pixels, more than ``job_pixels_left`` (what the
+    job's pixel budget, ``GVW_MAX_JOB_PIXELS``, has left), or a decompression bomb). Both
+    are permanent: retrying the same bytes cannot help. The pixel limits are checked from
+    the header, before anything is decoded. With ``keep_pixels=False`` the decoded image
+    is let go on return (``upright`` is None).
     """
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         # process-global: someone switched it on, and truncated inputs would be padded
@@ -275,15 +333,19 @@ def prepare_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Prepa
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        prepared = _decode_and_prepare(data, source_format, max_pixels)
+        prepared = _decode_and_prepare(data, source_format, max_pixels, job_pixels_left)
+    if not keep_pixels:
+        prepared = replace(prepared, upright=None)
     notes = tuple(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
     if notes:
         prepared = replace(prepared, decoder_warnings=notes)
     return prepared
 
 
-def _decode_and_prepare(data: bytes, source_format: str, max_pixels: int) -> PreparedImage:
-    im = _open_guarded(data, source_format, max_pixels)
+def _decode_and_prepare(
+    data: bytes, source_format: str, max_pixels: int, job_pixels_left: int | None
+) -> PreparedImage:
+    im = _open_guarded(data, source_format, max_pixels, job_pixels_left)
     try:
         # before load(): finding out walks the frame headers, and for GIF it moves the
         # decoder off frame 0, which would throw away already-loaded pixels.
@@ -354,7 +416,9 @@ def _decode_and_prepare(data: bytes, source_format: str, max_pixels: int) -> Pre
     )
 
 
-def _open_guarded(data: bytes, source_format: str, max_pixels: int) -> ImageFile.ImageFile:
+def _open_guarded(
+    data: bytes, source_format: str, max_pixels: int, job_pixels_left: int | None = None
+) -> ImageFile.ImageFile:
     """Read the header only, and refuse what is too large before any pixel is allocated."""
     try:
         im = Image.open(io.BytesIO(data), formats=[_PILLOW_DECODER[source_format]])
@@ -378,6 +442,14 @@ def _open_guarded(data: bytes, source_format: str, max_pixels: int) -> ImageFile
             width_px=width_px,
             height_px=height_px,
             max_pixels=limit,
+        )
+    if job_pixels_left is not None and pixels > job_pixels_left:
+        raise TooLarge(
+            f"job too large: this {width_px}x{height_px} px image would take the job's images "
+            f"past their budget of decoded pixels (GVW_MAX_JOB_PIXELS; {max(job_pixels_left, 0)}"
+            " pixels were left)",
+            width_px=width_px,
+            height_px=height_px,
         )
     return im
 

@@ -1,4 +1,4 @@
-"""The job of CONTRACT.md (schema version 1), validated, and the URI access rules.
+"""The job of CONTRACT.md (schema version 1), validated.
 
 A job is untrusted input from any producer: unknown fields and wrong types are refused
 with a message naming the field, never coerced or ignored.
@@ -6,17 +6,18 @@ with a message naming the field, never coerced or ignored.
 
 from __future__ import annotations
 
-import os
+import hashlib
+import json
 import re
 import uuid
 from typing import Annotated, Any
-from urllib.parse import unquote
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from tasks import registry
 from tasks.base import TaskSpec
 from tasks.errors import InputNotAllowed, InvalidJob
+from worker.uris import Role, parse_uri
 
 SCHEMA_VERSION = 1
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -67,6 +68,26 @@ class Job(BaseModel):
     def as_record(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)
 
+    def fingerprint(self, folder: str) -> str:
+        """What identifies this job under its id: everything that decides its answer
+        (task, images, prompt, labels, schema, model, options) and where it goes (its
+        results folder). A redelivery has the same; another job reusing the id does not.
+        Fields as the producer gave them (a model left out is not GVW_MODEL), options
+        with their defaults filled in."""
+        material = self.model_dump(mode="json", exclude={"job_id", "output"})
+        material["folder"] = folder
+        return _digest(material)
+
+
+def raw_fingerprint(raw: Any, folder: str) -> str:
+    """The fingerprint of a job that is not valid (or not even a job): its JSON as sent."""
+    return _digest({"raw": raw, "folder": folder})
+
+
+def _digest(material: Any) -> str:
+    text = json.dumps(material, sort_keys=True, separators=(",", ":"), default=repr)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
 
 def new_job_id() -> str:
     return f"job-{uuid.uuid4().hex}"
@@ -86,7 +107,19 @@ def parse_job(raw: Any, *, default_job_id: str | None = None) -> Job:
     task = registry.get_task(job.task)  # InvalidJob naming the known tasks
     # image count, labels and response_schema are checked per task
     task.check(job.spec())
-    return job
+    # every URI parsed once (worker.uris), kept in its one spelling for the checks and I/O
+    images = [_parsed(uri, "input", f"images.{i}") for i, uri in enumerate(job.images)]
+    output = _parsed(job.output, "output", "output") if job.output is not None else None
+    return job.model_copy(update={"images": images, "output": output})
+
+
+def _parsed(uri: str, role: Role, where: str) -> str:
+    try:
+        return parse_uri(uri, role=role).text
+    except InputNotAllowed:
+        return uri  # a scheme we do not read: input_not_allowed when the job runs
+    except InvalidJob as exc:
+        raise InvalidJob(f"invalid job: {where}: {exc.message}") from exc
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -110,43 +143,3 @@ def salvage_identity(raw: Any) -> tuple[str | None, str | None]:
     ok_id = job_id if isinstance(job_id, str) and re.match(JOB_ID_PATTERN, job_id) else None
     ok_out = output if isinstance(output, str) and 6 <= len(output) <= 1024 else None
     return ok_id, ok_out
-
-
-# --- URI access rules ---------------------------------------------------------------------
-
-
-def normalize_uri(uri: str) -> str:
-    """Canonical form used for allowlist checks: `file://` paths resolved, so `..` and
-    symlinks cannot step outside an allowed folder."""
-    # Keys are split by hand: urlsplit would read "?" and "#" in an S3 key as URL syntax.
-    if uri.startswith("s3://"):
-        bucket, _, key = uri[len("s3://") :].partition("/")
-        if not bucket:
-            raise InvalidJob(f"malformed S3 URI (no bucket): {uri!r}")
-        return f"s3://{bucket}/{key}"
-    if uri.startswith("file://"):
-        path = unquote(uri[len("file://") :])
-        return "file://" + os.path.realpath(path)
-    raise InputNotAllowed(f"unsupported URI scheme in {uri!r}: only s3:// and file://")
-
-
-def _prefix_matches(uri: str, prefix: str) -> bool:
-    if prefix in ("s3://", "file://"):
-        return uri.startswith(prefix)
-    if prefix.startswith("file://"):
-        root = normalize_uri(prefix)
-        return uri == root or uri.startswith(root.rstrip("/") + "/")
-    # `s3://inbox` must not admit `s3://inbox-other/...`
-    if not prefix.endswith("/") and prefix.count("/") == 2:
-        prefix += "/"
-    return uri.startswith(prefix)
-
-
-def check_allowed(uri: str, prefixes: tuple[str, ...], *, what: str) -> str:
-    """Return the normalized URI, or raise InputNotAllowed. Nothing is read here."""
-    normalized = normalize_uri(uri)
-    if not any(_prefix_matches(normalized, p) for p in prefixes):
-        raise InputNotAllowed(
-            f"{what} {uri!r} is outside the allowed prefixes ({', '.join(prefixes) or 'none'})"
-        )
-    return normalized

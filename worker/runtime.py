@@ -21,6 +21,7 @@ from worker.answer_store import AnswerStore, LocalAnswerStore, RedisAnswerStore
 from worker.deliveries import Deliveries, LocalDeliveries, RedisDeliveries
 from worker.file_cache import FileCache, LocalFileCache, RedisFileCache
 from worker.gemini import GeminiGateway
+from worker.job_claims import JobClaims, LocalJobClaims, RedisJobClaims
 from worker.job_locks import JobLocks, LocalJobLocks, RedisJobLocks
 from worker.pipeline import Ports
 from worker.ratelimit import NoRateLimit, RateLimiter, RedisRateLimiter
@@ -42,6 +43,7 @@ def build_ports(settings: Settings, *, local: bool = False) -> Ports:
     limiter: RateLimiter
     deliveries: Deliveries
     answers: AnswerStore
+    claims: JobClaims
     if local:
         locks = LocalJobLocks()
         files = LocalFileCache(
@@ -50,6 +52,7 @@ def build_ports(settings: Settings, *, local: bool = False) -> Ports:
         limiter = NoRateLimit()
         deliveries = LocalDeliveries()
         answers = LocalAnswerStore()
+        claims = LocalJobClaims(ttl_s=settings.gvw_job_id_ttl_s)
     else:
         client = redis.Redis.from_url(
             settings.gvw_redis_url,
@@ -72,6 +75,7 @@ def build_ports(settings: Settings, *, local: bool = False) -> Ports:
         )
         deliveries = RedisDeliveries(client)
         answers = RedisAnswerStore(client)
+        claims = RedisJobClaims(client, ttl_s=settings.gvw_job_id_ttl_s)
     return Ports(
         settings=settings,
         stores=StoreRouter(
@@ -88,6 +92,7 @@ def build_ports(settings: Settings, *, local: bool = False) -> Ports:
         limiter=limiter,
         deliveries=deliveries,
         answers=answers,
+        claims=claims,
     )
 
 

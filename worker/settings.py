@@ -72,6 +72,16 @@ class Settings(BaseSettings):
     # A worker waits at most this long for the fleet's request budget, then hands the
     # job back to the queue to come back when budget is free.
     gvw_rate_limit_max_wait_s: float = Field(default=5.0, ge=0)
+    # The decoded pixels all of a job's images may hold together (a 24 MP photo is 24
+    # million): a job past it is too_large, refused before the image that would pass it
+    # is decoded. 1 gigapixel is ~1,700 of Gemini's 768 px tiles, past any model's context.
+    gvw_max_job_pixels: int = Field(default=1_000_000_000, ge=1)
+    # A job id belongs to the first job that used it (its fingerprint, kept in Redis this
+    # long, ~150 bytes a job, and in its records for as long as they live); another job
+    # under it is refused.
+    gvw_job_id_ttl_s: int = Field(default=24 * 3600, ge=60)
+    # Models a job may name, comma-separated (empty: any). GVW_MODEL is always allowed.
+    gvw_allowed_models: str = ""
     # Prometheus /metrics per worker process (0 = off)
     gvw_metrics_port: int = Field(default=0, ge=0, le=65535)
     gvw_log_level: str = "INFO"
@@ -103,6 +113,11 @@ class Settings(BaseSettings):
     @property
     def allowed_output_prefixes(self) -> tuple[str, ...]:
         return (*_split_prefixes(self.gvw_allowed_outputs), self.gvw_results_uri.rstrip("/") + "/")
+
+    @property
+    def allowed_models(self) -> frozenset[str]:
+        named = frozenset(_split_prefixes(self.gvw_allowed_models))
+        return named | {self.gvw_model} if named else frozenset()
 
     @property
     def api_key(self) -> str | None:

@@ -7,7 +7,7 @@
     └── StoreRouter            picks one of the above by the URI's scheme
 
 URIs carry keys and paths verbatim: no percent-decoding, so ``s3://inbox/a b+c.jpg`` is
-the key ``a b+c.jpg``. A prefix (`list_prefix`) is a plain string prefix, as in S3: pass a
+the key ``a b+c.jpg``; `worker.uris` is the one parser of them. A prefix (`list_prefix`) is a plain string prefix, as in S3: pass a
 trailing ``/`` to list a folder.
 
 Errors are translated at this boundary into the project's exception tree:
@@ -38,7 +38,6 @@ import errno
 import json
 import os
 import random
-import re
 import stat
 import tempfile
 import threading
@@ -56,17 +55,13 @@ from tasks.errors import (
     StorageUnavailable,
     TooLarge,
 )
+from worker.uris import FILE_SCHEME, S3_SCHEME, parse_uri
+from worker.uris import join_uri as join_uri  # re-exported: the layout's callers use it here
 
 if TYPE_CHECKING:
     from botocore.exceptions import BotoCoreError, ClientError
     from mypy_boto3_s3 import S3Client
 
-S3_SCHEME: Final = "s3://"
-FILE_SCHEME: Final = "file://"
-
-# botocore's own check (VALID_BUCKET), lenient enough for legacy us-east-1 names.
-_BUCKET_RE: Final = re.compile(r"[A-Za-z0-9._-]{1,255}")
-_S3_MAX_KEY_BYTES: Final = 1024
 # Concurrent existence checks per process (`StoreRouter.exists_each`): a job makes two at
 # a time, and a worker process runs a handful of jobs at once.
 _LOOKUP_THREADS: Final = 8
@@ -116,60 +111,24 @@ class ObjectStore(Protocol):
 def parse_s3_uri(uri: str, *, require_key: bool = True) -> tuple[str, str]:
     """``s3://bucket/key`` -> ``("bucket", "key")``; InvalidJob when malformed.
 
-    With ``require_key=False`` the key may be empty (a bucket or a prefix).
+    With ``require_key=False`` the key may be empty (a bucket or a prefix). The rules are
+    `worker.uris`', the project's one URI parser.
     """
     if not uri.startswith(S3_SCHEME):
-        raise InvalidJob(f"not an s3:// URI: {uri!r}")
-    bucket, _, key = uri[len(S3_SCHEME) :].partition("/")
-    if not _BUCKET_RE.fullmatch(bucket):
-        raise InvalidJob(f"malformed S3 URI {uri!r}: bad bucket name {bucket!r}")
-    if require_key and not key:
-        raise InvalidJob(f"malformed S3 URI {uri!r}: no object key after the bucket")
-    if len(key.encode("utf-8", "surrogatepass")) > _S3_MAX_KEY_BYTES:
-        raise InvalidJob(f"malformed S3 URI: key longer than {_S3_MAX_KEY_BYTES} bytes")
-    return bucket, key
+        raise InvalidJob(f"not an s3:// URI: {uri[:200]!r}")
+    parsed = parse_uri(uri, role="object" if require_key else "folder")
+    return parsed.bucket, parsed.path
 
 
 def parse_file_uri(uri: str) -> str:
     """``file:///abs/path`` -> ``/abs/path``; ``file://./rel/path`` -> ``./rel/path``.
 
     ``..`` segments are refused: an allowed-prefix check done on the URI's text must not be
-    escapable by walking up.
+    escapable by walking up (`worker.uris`).
     """
     if not uri.startswith(FILE_SCHEME):
-        raise InvalidJob(f"not a file:// URI: {uri!r}")
-    path = uri[len(FILE_SCHEME) :]
-    if path.startswith("localhost/"):
-        path = path[len("localhost") :]
-    if not (path.startswith("/") or path == "." or path.startswith("./")):
-        raise InvalidJob(
-            f"malformed file URI {uri!r}: use file:///absolute/path or file://./relative/path"
-        )
-    if "\x00" in path:
-        raise InvalidJob("malformed file URI: contains a NUL byte")
-    if ".." in path.split("/"):
-        raise InvalidJob(f"file URI {uri!r} must not contain '..' segments")
-    return path
-
-
-def join_uri(base: str, *parts: str) -> str:
-    """``join_uri("s3://results/vision/", "job-1", "result.json")`` ->
-    ``"s3://results/vision/job-1/result.json"``.
-
-    Each part may hold several ``/``-separated segments; empty, ``.`` and ``..`` segments
-    are refused (InvalidJob), so a joined URI never leaves ``base``.
-    """
-    scheme, sep, rest = base.partition("://")
-    if not sep or not scheme:
-        raise InvalidJob(f"not a URI: {base!r}")
-    for part in parts:
-        for segment in part.split("/"):
-            if segment in ("", ".", ".."):
-                raise InvalidJob(f"bad URI part {part!r}: empty, '.' or '..' segment")
-            if "\x00" in segment:
-                raise InvalidJob("bad URI part: contains a NUL byte")
-    joined = "/".join((rest.rstrip("/"), *parts))
-    return f"{scheme}://{joined}"
+        raise InvalidJob(f"not a file:// URI: {uri[:200]!r}")
+    return parse_uri(uri, role="object").path
 
 
 # ---------------------------------------------------------------- S3

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
 from google.genai import types
 
-from tasks.transport_plan import Transport, plan_transports
+from tasks.transport_plan import InlinePlanner, Transport
 from worker.file_cache import CachedFile, FileCache
 from worker.gemini import GeminiGateway, ImagePart
 from worker.images import PreparedImage
@@ -33,6 +33,9 @@ class SentImage:
 
 
 class ImageSender:
+    """Builds one request's images at a time (`start`); holds the fleet's file cache and
+    the Gemini gateway for all of them."""
+
     def __init__(
         self,
         gemini: GeminiGateway,
@@ -46,69 +49,36 @@ class ImageSender:
         self._inline_max_bytes = inline_max_bytes
         self._active_timeout_s = active_timeout_s
 
-    def send_plan(
-        self, prepared: Sequence[PreparedImage], *, prompt_bytes: int, job_id: str
-    ) -> list[SentImage]:
-        cached = [self._cache.get(p.sent_sha256) for p in prepared]
-        plan = plan_transports(
-            [len(p.data) for p in prepared],
-            [entry is not None for entry in cached],
-            prompt_bytes=prompt_bytes,
-            inline_max_bytes=self._inline_max_bytes,
-        )
-        sent: list[SentImage] = []
-        for image, transport, entry in zip(prepared, plan, cached, strict=True):
-            if transport == "inline":
-                sent.append(SentImage(ImagePart(image.mime_type, data=image.data), "inline"))
-                continue
-            if entry is None:
-                entry, _hit = self._cache.get_or_upload(
-                    image.sent_sha256, partial(self._upload, image, job_id)
-                )
-            else:
-                self._count("cache_hits")
-            sent.append(_by_uri(entry))
-        return sent
+    def start(
+        self, *, prompt_bytes: int, job_id: str, refetch: Callable[[int], PreparedImage]
+    ) -> RequestImages:
+        """A request's images, added one at a time. ``refetch(index)`` prepares image
+        ``index`` again, for the rare re-upload after Gemini refused a cached file."""
+        planner = InlinePlanner(prompt_bytes=prompt_bytes, inline_max_bytes=self._inline_max_bytes)
+        return RequestImages(self, planner, job_id, refetch)
 
-    def replace_files(
-        self, prepared: Sequence[PreparedImage], sent: Sequence[SentImage], *, job_id: str
-    ) -> list[SentImage]:
-        """Gemini refused a file URI (403: expired, deleted or foreign; 404): evict every
-        file of this request from the cache and upload them again, once."""
-        fresh: list[SentImage] = []
-        for image, item in zip(prepared, sent, strict=True):
-            if item.transport != "file_api":
-                fresh.append(item)
-                continue
-            # only the refused upload: another job may have replaced it already
-            self._cache.evict(image.sent_sha256, uri=item.file.uri if item.file else None)
-            self._count("reuploads_after_rejection")
-            log.warning(
-                "file URI refused by Gemini, uploading again",
-                extra={"job_id": job_id, "file": item.file.name if item.file else None},
-            )
-            entry, _hit = self._cache.get_or_upload(
-                image.sent_sha256, partial(self._upload, image, job_id)
-            )
-            fresh.append(_by_uri(entry))
-        return fresh
-
-    def wait_files_active(self, sent: Sequence[SentImage], *, job_id: str) -> None:
-        """Gemini said a file is not ACTIVE yet (400 FAILED_PRECONDITION): wait for it."""
-        for item in sent:
-            if item.file is not None:
-                self._count("not_active_waits")
-                log.info(
-                    "waiting for file to become ACTIVE",
-                    extra={"job_id": job_id, "file": item.file.name},
-                )
-                self._gemini.wait_until_active(
-                    self._gemini.get_file(item.file.name), timeout_s=self._active_timeout_s
-                )
-
-    def _count(self, event: str) -> None:
+    def count(self, event: str) -> None:
         self._cache.count(event)
         FILE_EVENTS.labels(event).inc()
+
+    def shared_upload(self, image: PreparedImage, job_id: str) -> CachedFile:
+        """The image's File API upload: the fleet's cached one, or a new one (single
+        flight: one worker uploads, the others wait for it)."""
+        entry, _hit = self._cache.get_or_upload(
+            image.sent_sha256, partial(self._upload, image, job_id)
+        )
+        return entry
+
+    def cached(self, sent_sha256: str) -> CachedFile | None:
+        return self._cache.get(sent_sha256)
+
+    def evict(self, sent_sha256: str, uri: str | None) -> None:
+        self._cache.evict(sent_sha256, uri=uri)
+
+    def wait_active(self, file: CachedFile) -> None:
+        self._gemini.wait_until_active(
+            self._gemini.get_file(file.name), timeout_s=self._active_timeout_s
+        )
 
     def _upload(self, image: PreparedImage, job_id: str) -> CachedFile:
         started = time.monotonic()
@@ -129,6 +99,83 @@ class ImageSender:
             },
         )
         return entry
+
+
+class RequestImages:
+    """The images of one request, gathered one at a time so that a job holds at most one
+    request's worth of image bytes (`tasks.transport_plan.InlinePlanner`).
+
+    An image already uploaded by the fleet goes by its URI whatever its size; the others
+    are held for the inline request, and whenever it would pass the inline limit the
+    largest held ones are uploaded at once and their bytes let go.
+    """
+
+    def __init__(
+        self,
+        sender: ImageSender,
+        planner: InlinePlanner,
+        job_id: str,
+        refetch: Callable[[int], PreparedImage],
+    ) -> None:
+        self._sender = sender
+        self._planner = planner
+        self._job_id = job_id
+        self._refetch = refetch
+        self._held: dict[int, PreparedImage] = {}
+        self._by_uri: dict[int, SentImage] = {}
+        self._count = 0
+
+    def add(self, image: PreparedImage) -> None:
+        index = self._count
+        self._count += 1
+        entry = self._sender.cached(image.sent_sha256)
+        if entry is not None:
+            self._sender.count("cache_hits")
+            self._by_uri[index] = _by_uri(entry)
+            return
+        self._held[index] = image
+        for moved in self._planner.add(index, len(image.data)):
+            self._by_uri[moved] = _by_uri(
+                self._sender.shared_upload(self._held.pop(moved), self._job_id)
+            )
+
+    def sent(self) -> list[SentImage]:
+        """Every image as it goes in the request, in the job's order."""
+        return [
+            self._by_uri[i]
+            if i in self._by_uri
+            else SentImage(ImagePart(self._held[i].mime_type, data=self._held[i].data), "inline")
+            for i in range(self._count)
+        ]
+
+    def replace_files(self) -> list[SentImage]:
+        """Gemini refused a file URI (403: expired, deleted or foreign; 404): evict every
+        file of this request from the cache and upload them again, once."""
+        for index, item in sorted(self._by_uri.items()):
+            # only the refused upload: another job may have replaced it already
+            self._sender.evict(
+                item.file.sha256 if item.file else "", uri=item.file.uri if item.file else None
+            )
+            self._sender.count("reuploads_after_rejection")
+            log.warning(
+                "file URI refused by Gemini, uploading again",
+                extra={"job_id": self._job_id, "file": item.file.name if item.file else None},
+            )
+            # the bytes were let go after the first upload: prepare the image again
+            image = self._refetch(index)
+            self._by_uri[index] = _by_uri(self._sender.shared_upload(image, self._job_id))
+        return self.sent()
+
+    def wait_files_active(self) -> None:
+        """Gemini said a file is not ACTIVE yet (400 FAILED_PRECONDITION): wait for it."""
+        for item in self._by_uri.values():
+            if item.file is not None:
+                self._sender.count("not_active_waits")
+                log.info(
+                    "waiting for file to become ACTIVE",
+                    extra={"job_id": self._job_id, "file": item.file.name},
+                )
+                self._sender.wait_active(item.file)
 
 
 def _by_uri(entry: CachedFile) -> SentImage:

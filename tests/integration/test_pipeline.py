@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from PIL import Image, ImageOps
 
+from tasks import registry
 from tests.harness import Stack, list_job_keys, read_json
 from worker.emulator.scenes import Scene, make_scene
 
@@ -296,3 +297,44 @@ def test_result_json_is_valid_json_with_the_contract_fields(stack: Stack, tmp_pa
         "height",
         "transport",
     }
+
+
+def test_an_internal_error_after_the_answer_never_asks_the_model_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug after Gemini answered (here: the parser itself raising) fails the attempt;
+    the retry publishes the answer already paid for instead of calling the model again."""
+    from worker.emulator.server import EmulatorServer
+    from worker.jobs import parse_job
+    from worker.pipeline import run
+    from worker.runtime import build_ports
+    from worker.settings import Settings
+
+    (tmp_path / "in").mkdir()
+    image = tmp_path / "in" / "scene.png"
+    image.write_bytes(make_scene(320, 240, shapes=["red circle"], seed=3).png_bytes())
+    with EmulatorServer(api_key="k") as emulator:
+        settings = Settings(
+            gemini_base_url=emulator.base_url,
+            gemini_api_key="k",
+            gvw_results_uri=f"file://{tmp_path}/out",
+            gvw_allowed_inputs=f"file://{tmp_path}/in/",
+        )
+        ports = build_ports(settings, local=True)
+        job = parse_job({"job_id": "paid-once", "task": "detect", "images": [f"file://{image}"]})
+        task = registry.get_task("detect")
+        real_parse = task.parse
+
+        def broken_parse(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("a bug after the answer")
+
+        monkeypatch.setattr(task, "parse", broken_parse)
+        with pytest.raises(RuntimeError):
+            run(job, ports)
+        monkeypatch.setattr(task, "parse", real_parse)
+        outcome = run(job, ports, attempt=2)
+        calls = emulator.stats()["generate_calls"]
+    assert outcome.status == "succeeded"
+    assert calls == 1
+    record = json.loads((tmp_path / "out" / "paid-once" / "result.json").read_text())
+    assert record["output"]["objects"]

@@ -89,8 +89,72 @@ def test_dead_letters_are_indexed_newest_first_and_removable() -> None:
 def test_paid_answer_round_trips_and_is_bounded() -> None:
     store = RedisAnswerStore(fakeredis.FakeRedis(), max_bytes=2_000)
     answer = ModelAnswer("a red circle", "STOP", TokenUsage(10, 5, 15, 0), "gemini-2.5-flash")
-    assert store.put("j", answer, ["inline"])
-    assert store.get("j") == (answer, ["inline"])
+    assert store.put("j", "fp-1", answer, ["inline"])
+    assert store.get("j", "fp-1") == (answer, ["inline"])
     huge = ModelAnswer("x" * 5_000, "STOP", TokenUsage(), None)
-    assert not store.put("k", huge, ["inline"])
-    assert store.get("k") is None
+    assert not store.put("k", "fp-1", huge, ["inline"])
+    assert store.get("k", "fp-1") is None
+
+
+def test_a_paid_answer_is_only_handed_to_the_job_that_paid_for_it() -> None:
+    store = RedisAnswerStore(fakeredis.FakeRedis())
+    answer = ModelAnswer("a red circle", "STOP", TokenUsage(10, 5, 15, 0), "gemini-2.5-flash")
+    store.put("j", "fp-first", answer, ["inline"])
+    assert store.get("j", "fp-other") is None  # another job reusing the id
+    assert store.get("j", "fp-first") == (answer, ["inline"])
+
+
+def test_dead_letter_keeps_its_record_until_it_is_written() -> None:
+    deliveries = RedisDeliveries(fakeredis.FakeRedis())
+    deliveries.dead_letter(
+        "a",
+        code="internal",
+        message="s3 down",
+        attempts=2,
+        job={},
+        fingerprint="f",
+        record=b'{"status": "failed"}',
+    )
+    assert deliveries.pending_record("a") == b'{"status": "failed"}'
+    letter = deliveries.get("a")
+    assert letter is not None and not letter.recorded and letter.fingerprint == "f"
+    deliveries.mark_recorded("a")
+    assert deliveries.pending_record("a") is None
+    letter = deliveries.get("a")
+    assert letter is not None and letter.recorded
+
+
+def test_a_huge_job_is_kept_as_a_bounded_summary() -> None:
+    client = fakeredis.FakeRedis()
+    deliveries = RedisDeliveries(client)
+    job = {
+        "job_id": "a",
+        "task": "caption",
+        "images": ["s3://in/a.jpg"],
+        "x" * 100: "y" * 5_000_000,
+    }
+    deliveries.dead_letter("a", code="invalid_job", message="m" * 100_000, attempts=1, job=job)
+    assert len(client.hget("gvw:dead_letter:a", "job") or b"") <= 16 * 1024
+    assert len(client.hget("gvw:dead_letter:a", "message") or b"") <= 2000
+    letter = deliveries.get("a")
+    assert letter is not None and letter.job is not None
+    assert letter.job["truncated"] is True
+    assert letter.job["images"] == ["s3://in/a.jpg"]
+    assert letter.job["unknown_fields"] == ["x" * 64]
+
+
+def test_claims_refuse_another_job_under_a_used_id() -> None:
+    from worker.job_claims import RedisJobClaims
+
+    client = fakeredis.FakeRedis()
+    claims = RedisJobClaims(client, ttl_s=60)
+    assert claims.claim("j", "fp-1", "s3://r/v/j").ours
+    assert claims.claim("j", "fp-1", "s3://r/v/j").ours  # a redelivery
+    other = claims.claim("j", "fp-2", "s3://r/thief/j")
+    assert not other.ours and other.holder_folder == "s3://r/v/j"
+    assert client.ttl("gvw:claim:j") > 0
+    # a failure whose record waits in the dead-letter index is seen by the same job only
+    RedisDeliveries(client).dead_letter(
+        "j", code="internal", message="m", attempts=1, job={}, fingerprint="fp-1", record=b"{}"
+    )
+    assert claims.claim("j", "fp-1", "s3://r/v/j").pending_record

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from tasks.errors import InputNotAllowed, InvalidJob
-from worker.jobs import check_allowed, parse_job
+from worker.jobs import parse_job
+from worker.uris import check_allowed
 
 GOOD = {"job_id": "invoice-0042", "task": "detect", "images": ["s3://inbox/photos/a.jpg"]}
 
@@ -116,17 +117,17 @@ def test_non_object_job_is_refused() -> None:
 )
 def test_inputs_outside_the_allowlist_are_refused(uri: str, prefixes: tuple[str, ...]) -> None:
     with pytest.raises(InputNotAllowed):
-        check_allowed(uri, prefixes, what="input")
+        check_allowed(uri, prefixes, role="input")
 
 
 def test_file_traversal_out_of_an_allowed_folder_is_refused(tmp_path: Path) -> None:
     allowed = f"file://{tmp_path}/inbox/"
     (tmp_path / "inbox").mkdir()
-    assert check_allowed(f"file://{tmp_path}/inbox/a.png", (allowed,), what="input").endswith(
+    assert check_allowed(f"file://{tmp_path}/inbox/a.png", (allowed,), role="input").text.endswith(
         "/inbox/a.png"
     )
-    with pytest.raises(InputNotAllowed):
-        check_allowed(f"file://{tmp_path}/inbox/../secret.png", (allowed,), what="input")
+    with pytest.raises(InvalidJob, match=r"'\.\.'"):
+        check_allowed(f"file://{tmp_path}/inbox/../secret.png", (allowed,), role="input")
 
 
 def test_symlink_out_of_an_allowed_folder_is_refused(tmp_path: Path) -> None:
@@ -134,10 +135,61 @@ def test_symlink_out_of_an_allowed_folder_is_refused(tmp_path: Path) -> None:
     (tmp_path / "inbox" / "link.png").symlink_to("/etc/passwd")
     with pytest.raises(InputNotAllowed):
         check_allowed(
-            f"file://{tmp_path}/inbox/link.png", (f"file://{tmp_path}/inbox",), what="input"
+            f"file://{tmp_path}/inbox/link.png", (f"file://{tmp_path}/inbox",), role="input"
         )
 
 
 def test_s3_keys_with_url_syntax_stay_keys() -> None:
     uri = "s3://inbox/a?b#c d+e.jpg"
-    assert check_allowed(uri, ("s3://inbox/",), what="input") == uri
+    assert check_allowed(uri, ("s3://inbox/",), role="input").text == uri
+
+
+@pytest.mark.parametrize(
+    ("output", "reason"),
+    [
+        pytest.param(
+            "file://./gvw-results-evil%2F..%2Fgvw-results", "encoded separator", id="enc-slash"
+        ),
+        pytest.param("s3://results/a%5c..%5cb", "encoded separator", id="enc-backslash"),
+        pytest.param("s3://results/a/../b", "'.' or '..'", id="s3-dot-dot"),
+        pytest.param("s3://results/./b", "'.' or '..'", id="s3-dot"),
+        pytest.param("file://./gvw-results/../x", "'..'", id="file-dot-dot"),
+        pytest.param("s3://results/a//b", "empty path segment", id="empty-segment"),
+        pytest.param("s3://results/a\\b", "backslash", id="backslash"),
+        pytest.param("s3://results/a\nb", "control character", id="newline"),
+    ],
+)
+def test_outputs_with_traversal_or_encoded_separators_are_invalid_jobs(
+    output: str, reason: str
+) -> None:
+    job = {"task": "caption", "images": ["s3://inbox/a.jpg"], "output": output}
+    with pytest.raises(InvalidJob, match=reason):
+        parse_job(job, default_job_id="j1")
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        pytest.param("s3://inbox/a/../secret.jpg", id="s3-dot-dot"),
+        pytest.param("s3://inbox/./a.jpg", id="s3-dot"),
+        pytest.param("file:///srv/in/../etc/passwd", id="file-dot-dot"),
+    ],
+)
+def test_inputs_with_dot_segments_are_invalid_jobs(uri: str) -> None:
+    with pytest.raises(InvalidJob, match=r"'\.'|'\.\.'"):
+        parse_job({"task": "caption", "images": [uri]}, default_job_id="j1")
+
+
+def test_inputs_keep_their_literal_spelling() -> None:
+    # keys are literal: "%2F" in an input key is three characters, not a separator
+    uris = ["s3://inbox/a%2Fb.jpg", "s3://inbox/dir//double.jpg", "file://localhost/srv/a.png"]
+    job = parse_job({"task": "compare", "images": uris}, default_job_id="j1")
+    assert job.images == ["s3://inbox/a%2Fb.jpg", "s3://inbox/dir//double.jpg", "file:///srv/a.png"]
+
+
+def test_check_and_write_agree_on_an_encoded_output() -> None:
+    # the attack of issue 9: decoded for the check, verbatim for the write
+    from worker.uris import is_within, parse_prefix, parse_uri
+
+    sibling = parse_uri("file:///srv/results-evil%2F..%2Fresults/x", role="object")
+    assert not is_within(sibling, parse_prefix("file:///srv/results/"))

@@ -43,3 +43,23 @@ def test_inline_request_stays_under_the_limit() -> None:
     inline = sum(base64_size(s) for s, t in zip(sizes, plan, strict=True) if t == "inline")
     assert inline + 1000 + REQUEST_OVERHEAD_BYTES <= 10 * MB
     assert plan.count("file_api") == 2  # the 7 MB and the 5 MB
+
+
+def test_planning_one_image_at_a_time_moves_what_the_whole_plan_moves() -> None:
+    import random
+
+    from tasks.transport_plan import InlinePlanner
+
+    rng = random.Random(7)
+    for _ in range(2000):
+        count = rng.randint(1, 12)
+        sizes = [rng.choice([rng.randint(1, 3 * MB), 2 * MB, 1 * MB]) for _ in range(count)]
+        limit = rng.randint(1, 12) * MB
+        expected = plan_transports(sizes, [False] * count, prompt_bytes=500, inline_max_bytes=limit)
+        planner = InlinePlanner(prompt_bytes=500, inline_max_bytes=limit)
+        moved: list[int] = []
+        for index, size in enumerate(sizes):
+            moved += planner.add(index, size)
+        streamed = ["file_api" if i in moved else "inline" for i in range(count)]
+        assert streamed == expected, (sizes, limit)
+        assert planner.held == {i for i in range(count) if i not in moved}
