@@ -70,20 +70,18 @@ def test_with_schema_the_answer_is_checked_data(text: str, data: Any) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
+        pytest.param('{"total": 12.5}', "at \\$: 'currency' is a required property", id="missing"),
         pytest.param(
-            '{"total": 12.5}', "at \\$: missing required property 'currency'", id="missing"
-        ),
-        pytest.param(
-            '{"total": 1, "currency": "GBP"}', 'at \\$.currency: "GBP" is not one of', id="enum"
+            '{"total": 1, "currency": "GBP"}', "at \\$.currency: 'GBP' is not one of", id="enum"
         ),
         pytest.param(
             '{"total": 1, "currency": "EUR", "lines": [{"item": "pen", "qty": "3"}]}',
-            "at \\$.lines\\[0\\].qty: expected integer, got string",
+            "at \\$.lines\\[0\\].qty: '3' is not of type 'integer'",
             id="nested-type",
         ),
         pytest.param(
             '{"total": 1, "currency": "EUR", "lines": [{"item": "pen", "qty": 1, "vat": 0}]}',
-            "at \\$.lines\\[0\\].vat: property not allowed",
+            "at \\$.lines\\[0\\]: Additional properties are not allowed \\('vat' was unexpected",
             id="additional-property",
         ),
         pytest.param("The total is 12 EUR.", "no JSON", id="prose"),
