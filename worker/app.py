@@ -86,6 +86,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_soft_shutdown_timeout": settings.gvw_soft_shutdown_timeout_s,
         "worker_enable_soft_shutdown_on_idle": True,
         "worker_hijack_root_logger": False,
+        # Flower (and `celery events`) show tasks only from task events
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
         # every incoming message's shape is checked before Celery reads it: a malformed
         # one is refused and recorded, never a crash of the worker (worker.message_guard)
         "worker_consumer": "worker.message_guard:GuardedConsumer",

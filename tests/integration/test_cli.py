@@ -130,3 +130,11 @@ def test_demo_runs_every_task_with_no_services(tmp_path: Path) -> None:
     assert len(overlays) == 3
     masks = list((tmp_path / "demo" / "results").glob("*-segment/attempts/*/masks/*.png"))
     assert len(masks) == 3
+
+
+def test_version_names_the_installed_release() -> None:
+    from importlib.metadata import version
+
+    done = gvw("--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"gvw {version('gemini-vision-worker')}"

@@ -365,3 +365,23 @@ def test_image_is_small_and_runs_as_non_root() -> None:
     user = [line for line in lines if line.startswith("USER ")][-1]
     assert user.split()[1].split(":")[0] not in ("0", "root")
     assert any(line.startswith("HEALTHCHECK ") for line in lines)
+
+
+def test_compose_pins_every_image_it_pulls() -> None:
+    # a tag that moves (none, latest, a bare major) changes the stack under its users
+    for name, service in _compose()["services"].items():
+        image = str(service["image"])
+        if image == "gvw:local":
+            continue  # built here
+        _, _, tag = image.rpartition(":")
+        assert tag and "/" not in tag and tag != "latest", (name, image)
+        assert tag.startswith("RELEASE.") or tag.count(".") >= 2, (name, image)
+
+
+def test_compose_workers_send_task_events_for_flower() -> None:
+    from worker.app import celery_config
+    from worker.settings import Settings
+
+    config = celery_config(Settings())
+    assert config["worker_send_task_events"] is True
+    assert config["task_send_sent_event"] is True
