@@ -113,16 +113,15 @@ def max_calls_in_window(times: list[float], window_s: float = 60.0) -> int:
 def run_phase(
     args: argparse.Namespace, name: str, extra_env: dict[str, str], *, kill_every_s: float = 0.0
 ) -> dict[str, float]:
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        running_stack(
-            Path(tmp),
-            workers=WORKERS,
-            concurrency=args.concurrency,
-            extra_env={**FAST, **extra_env},
-            show_logs=False,
-        ) as stack,
-    ):
+    logs = Path(tempfile.mkdtemp(prefix=f"gvw-bench-fleet-{name.replace(' ', '-')}-"))
+    print(f"{name}: worker logs in {logs}")
+    with running_stack(
+        logs,
+        workers=WORKERS,
+        concurrency=args.concurrency,
+        extra_env={**FAST, **extra_env},
+        show_logs=False,
+    ) as stack:
         # keep every request in the emulator's log: phase 3 reads all their times
         stack.emulator.configure(latency_ms=args.latency_ms, request_log_size=args.jobs * 4)
         stop = threading.Event()
@@ -136,7 +135,7 @@ def run_phase(
                 stack.workers[index].kill()
                 kills += 1
                 stack.workers[index] = start_worker(
-                    stack.env, Path(tmp), name=f"r{kills}", concurrency=args.concurrency
+                    stack.env, logs, name=f"r{kills}", concurrency=args.concurrency
                 )
 
         ids, started = submit_all(stack, args.jobs, name)

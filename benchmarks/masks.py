@@ -10,10 +10,14 @@ placed on a 1024x1024 image and on a 4032x3024 one (a 12 MP phone photo). Per ob
 - array loop: the same, but the loop sets ``full[y, x] = True`` in a numpy bool array
   (the cheapest form a per-pixel loop can take, to show what the loop itself costs);
 - ours: `tasks.masks.decode_mask` (a box-sized crop: the PNG read with zlib and numpy,
-  OpenCV's bilinear resize, the threshold) + `BoxMask.to_full`.
+  Pillow's resize, bilinear when enlarging and nearest when shrinking, the threshold) +
+  `BoxMask.to_full`;
+- supervision (with `pip install '.[bench]'`): `Detections.from_vlm(GOOGLE_GEMINI_2_5)`
+  on the whole answer against ours on the whole answer (`tasks.segment` reading it, then
+  every full mask).
 
-Ours resizes with OpenCV's plain bilinear where the guide has Pillow's, which widens its
-filter when shrinking: the agreement column shows what that changes. All three get the
+Ours shrinks with nearest where the guide's bilinear averages (Pillow widens its filter
+when shrinking): the agreement column shows what that changes. All three get the
 same pixel boxes (from `tasks.geometry`; the guide truncates with int(),
 which moves a box by up to a pixel and is not what is measured here) and the same
 threshold, 127 (the guide writes ``> 128``; these maps hold only 0 and 255, so the two
@@ -42,9 +46,10 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw
 
-from tasks.base import ImageSize
+from tasks.base import ImageSize, TaskSpec
 from tasks.detect import Detection, parse_detections
 from tasks.masks import decode_mask
+from tasks.segment import TASK as SEGMENT
 
 FIXTURE = (
     Path(__file__).resolve().parents[1]
@@ -155,6 +160,51 @@ def time_inflate(objects: list[Detection], repeat: int) -> float:
     return statistics.median(once() for _ in range(repeat))
 
 
+def ours_whole_answer(text: str, width_px: int, height_px: int) -> list[NDArray[np.bool_]]:
+    """What a worker does with the answer: `tasks.segment` reads it (boxes, labels, box
+    crops of the masks), then each full-size mask is built."""
+    spec = TaskSpec(task="segment", image_count=1, max_items=25, mask_threshold_u8=THRESHOLD_U8)
+    parsed = SEGMENT.parse(text, spec, [ImageSize(width_px, height_px)])
+    return [m.to_full(width_px, height_px) for m in parsed.masks or [] if m is not None]
+
+
+def compare_supervision(text: str, width_px: int, height_px: int, repeat: int) -> None:
+    """supervision's `Detections.from_vlm(GOOGLE_GEMINI_2_5)` on the whole answer, against
+    ours on the whole answer: both end with every object's full-size mask."""
+    try:
+        import supervision as sv
+    except ImportError:
+        print(f"{'':>9}  supervision: not installed (pip install '.[bench]')")
+        return
+
+    def theirs() -> Any:
+        return sv.Detections.from_vlm(
+            sv.VLM.GOOGLE_GEMINI_2_5, text, resolution_wh=(width_px, height_px)
+        ).mask
+
+    def timed(run: Callable[[], Any]) -> float:
+        def once() -> float:
+            start = time.perf_counter()
+            run()
+            return time.perf_counter() - start
+
+        return statistics.median(once() for _ in range(repeat))
+
+    theirs_s = timed(theirs)
+    ours_s = timed(lambda: ours_whole_answer(text, width_px, height_px))
+    their_masks, our_masks = theirs(), ours_whole_answer(text, width_px, height_px)
+    equal_px = sum(
+        int(np.count_nonzero(a == b)) for a, b in zip(their_masks, our_masks, strict=True)
+    )
+    total_px = sum(m.size for m in our_masks)
+    print(
+        f"{f'{width_px}x{height_px}':>9}  {'supervision':<13} {'':>7} {theirs_s:>11.4f} "
+        f"{ours_s * 1e3:>7.1f} {theirs_s / ours_s:>7.1f}x {equal_px / total_px:>10.4%} "
+        f"{total_px - equal_px:>9}   (whole answer: parse + full masks, supervision "
+        f"{sv.__version__})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5, help="runs of ours (median shown)")
@@ -190,6 +240,8 @@ def main() -> None:
             f"{'':>9}  of ours, inflating the PNG maps (every approach must): "
             f"{inflate_s * 1e3:.1f} ms ({inflate_s / ours_s:.0%})"
         )
+        if args.objects == 20:
+            compare_supervision(text, width_px, height_px, args.repeat)
 
 
 if __name__ == "__main__":

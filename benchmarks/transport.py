@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.harnes
 
 from tests.harness import Stack, running_stack
 from worker.emulator.scenes import make_scene
+from worker.progress import Progress
 
 
 def big_png(side_px: int, seed: int) -> bytes:
@@ -37,19 +38,27 @@ def big_png(side_px: int, seed: int) -> bytes:
     return buffer.getvalue()
 
 
-def run_workload(stack: Stack, images: list[bytes], jobs: int) -> dict[str, Any]:
+def run_workload(stack: Stack, images: list[bytes], jobs: int, *, label: str) -> dict[str, Any]:
     uris = [stack.put(f"bench/{uuid.uuid4().hex}.png", data) for data in images]
     stats_before = stack.emulator.stats()
+    bar = Progress(label, jobs)
     started = time.monotonic()
     # first use of each image, together
     first_ids = [stack.submit({"task": "caption", "images": [uri]}) for uri in uris]
-    first = [stack.record(job_id, timeout_s=600) for job_id in first_ids]
+    first = []
+    for job_id in first_ids:
+        first.append(stack.record(job_id, timeout_s=600))
+        bar.update(len(first))
     # then every later use at once
     later_ids = [
         stack.submit({"task": "caption", "images": [uris[i % len(uris)]]})
         for i in range(jobs - len(uris))
     ]
-    later = [stack.record(job_id, timeout_s=600) for job_id in later_ids]
+    later = []
+    for job_id in later_ids:
+        later.append(stack.record(job_id, timeout_s=600))
+        bar.update(len(first) + len(later))
+    bar.close()
     elapsed_s = time.monotonic() - started
     stats = stack.emulator.stats()
     failed = [r for r in first + later if r["status"] != "succeeded"]
@@ -80,17 +89,18 @@ def main() -> None:
     )
     results: dict[str, dict[str, Any]] = {}
     modes = {"cached": {}, "naive": {"GVW_FILE_CACHE_MARGIN_S": str(49 * 3600)}}
+    logs = Path(tempfile.mkdtemp(prefix="gvw-bench-transport-"))
+    print(f"worker logs: {logs}")
     for mode, env in modes.items():
-        with (
-            tempfile.TemporaryDirectory() as tmp,
-            running_stack(
-                Path(tmp),
-                workers=2,
-                concurrency=4,
-                extra_env={**env, "GVW_MAX_INPUT_BYTES": "100000000"},
-            ) as stack,
-        ):
-            results[mode] = run_workload(stack, images, args.jobs)
+        (logs / mode).mkdir()
+        with running_stack(
+            logs / mode,
+            workers=2,
+            concurrency=4,
+            extra_env={**env, "GVW_MAX_INPUT_BYTES": "100000000"},
+            show_logs=False,
+        ) as stack:
+            results[mode] = run_workload(stack, images, args.jobs, label=mode)
     cached, naive = results["cached"], results["naive"]
     print(
         f"\n{'':8} {'uploads':>8} {'MB sent':>9} {'ask, first use':>15} {'ask, later use':>15} "

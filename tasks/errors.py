@@ -16,6 +16,7 @@ its boundary, always ``raise ... from exc``.
     │   ├── ModelBlocked             model_blocked      (safety block: a final answer)
     │   ├── ModelRejected            model_error        (4xx: the request as sent is wrong)
     │   ├── QuotaExhausted           quota_exhausted    (per-day quota: waiting, not retrying)
+    │   ├── WorkerMisconfigured      worker_misconfigured (no or wrong storage credentials)
     │   └── WorkerLost               internal           (the job kept killing its worker)
     ├── ModelOutputInvalid           model_output_invalid, retried a bounded number of times
     └── RetryableError               retried with backoff, then error.json
@@ -129,6 +130,14 @@ class ModelRejected(PermanentError):
 
 class QuotaExhausted(PermanentError):
     code = "quota_exhausted"
+
+
+class WorkerMisconfigured(PermanentError):
+    """The worker's own deployment is wrong (no or rejected storage credentials): no
+    retry can fix it, so the job fails at once with a message that says what to set;
+    replay it once the deployment is fixed."""
+
+    code = "worker_misconfigured"
 
 
 class WorkerLost(PermanentError):

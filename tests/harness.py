@@ -214,6 +214,8 @@ def worker_env(
             "GVW_HARD_TIME_LIMIT_S": "70",
             "GVW_VISIBILITY_TIMEOUT_S": "120",
             "GVW_GEMINI_TIMEOUT_S": "30",
+            # the tests read the workers' logs as JSON lines
+            "GVW_LOG_FORMAT": "json",
             "PYTHONUNBUFFERED": "1",
         }
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from typing import Any
 
 from celery import Celery, Task, signals
@@ -101,9 +102,25 @@ app.conf.update(celery_config(get_settings()))
 
 @signals.setup_logging.connect
 def _setup_logging(**_: Any) -> None:
-    # connecting here replaces Celery's own logging set-up: JSON lines, key scrubbed
+    # connecting here replaces Celery's own logging set-up: text or JSON lines, key
+    # scrubbed, at the level of the command line's --loglevel, else GVW_LOG_LEVEL
     settings = get_settings()
-    configure_logging(settings.gvw_log_level, secrets=(settings.api_key or "",))
+    level = loglevel_flag(sys.argv) or settings.gvw_log_level
+    configure_logging(level, fmt=settings.gvw_log_format, secrets=(settings.api_key or "",))
+
+
+def loglevel_flag(argv: list[str]) -> str | None:
+    """The level a `celery worker` / `gvw worker` command line asked for (``-l LEVEL``,
+    ``--loglevel LEVEL``, ``--loglevel=LEVEL``, ``-lLEVEL``), or None. Read from the command
+    line itself: Celery hands its handlers a level even when none was given."""
+    for index, arg in enumerate(argv):
+        if arg in ("-l", "--loglevel") and index + 1 < len(argv):
+            return argv[index + 1].upper()
+        if arg.startswith("--loglevel="):
+            return arg.partition("=")[2].upper()
+        if arg.startswith("-l") and len(arg) > 2 and not arg.startswith("--"):
+            return arg[2:].upper()
+    return None
 
 
 @signals.worker_process_init.connect

@@ -10,14 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any
 
 from worker.client import VisionClient
+from worker.progress import Progress
 from worker.storage import ObjectInfo
 
 _SLUG_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
@@ -56,31 +56,6 @@ class BulkSummary:
                 + (f", still pending {self.pending}" if self.pending else "")
             )
         return out
-
-
-class Progress:
-    """A one-line bar on a terminal; a line every 10% elsewhere (logs, CI)."""
-
-    def __init__(self, label: str, total: int, stream: TextIO = sys.stderr) -> None:
-        self._label, self._total, self._stream = label, max(total, 1), stream
-        self._tty = stream.isatty()
-        self._last_decile = -1
-
-    def update(self, done: int) -> None:
-        share = done / self._total
-        if self._tty:
-            filled = int(30 * share)
-            self._stream.write(
-                f"\r{self._label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{self._total}"
-            )
-            self._stream.flush()
-        elif int(share * 10) != self._last_decile:
-            self._last_decile = int(share * 10)
-            self._stream.write(f"{self._label}: {done}/{self._total}\n")
-
-    def close(self) -> None:
-        if self._tty:
-            self._stream.write("\n")
 
 
 def enqueue_prefix(

@@ -14,10 +14,12 @@ from typing import Any
 
 from tasks.errors import GvwError
 from worker.bridge.cli import add_bridge_parser, run_bridge
+from worker.producer import BrokerUnavailable
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the job failed, or there is no record yet
 EXIT_USAGE = 2
+EXIT_UNKNOWN = 3  # `gvw status`: no record, not queued, not running
 
 _EPILOG = """\
 examples:
@@ -130,7 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--concurrency", type=int, default=8, metavar="N")
     worker.add_argument("--pool", choices=("threads", "prefork", "solo"), default="threads")
-    worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument(
+        "--loglevel",
+        default=None,
+        metavar="LEVEL",
+        help="DEBUG, INFO, WARNING, ERROR (default GVW_LOG_LEVEL, else INFO); wins over it",
+    )
     worker.add_argument("--hostname", default=None, help="worker node name (celery -n)")
 
     demo = sub.add_parser(
@@ -210,6 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GvwError as err:
         _fail(f"{err.code}: {err.message}")
         return EXIT_FAILED
+    except BrokerUnavailable as err:
+        _fail(str(err))
+        return EXIT_FAILED
     except KeyboardInterrupt:
         _fail("interrupted")
         return 130
@@ -274,8 +284,9 @@ def _job_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_enqueue_prefix(args: argparse.Namespace) -> int:
-    from worker.bulk import Progress, enqueue_prefix, wait_all
+    from worker.bulk import enqueue_prefix, wait_all
     from worker.client import VisionClient
+    from worker.progress import Progress
     from worker.settings import get_settings
     from worker.storage import StoreRouter
 
@@ -310,6 +321,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from worker.client import VisionClient
 
     state = VisionClient().status(args.job_id, output=args.output)
+    if state.state == "unknown":
+        if args.json:
+            print(json.dumps({"job_id": state.job_id, "status": "unknown"}))
+        _fail(
+            f"no job {args.job_id}: no record under its results folder, and not on the "
+            "broker's queue (never sent, or a different --output)"
+        )
+        return EXIT_UNKNOWN
     info: dict[str, Any] = {"job_id": state.job_id, "status": state.state}
     if state.uri:
         info["uri"] = state.uri
@@ -346,9 +365,9 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         args.pool,
         "--concurrency",
         str(args.concurrency),
-        "--loglevel",
-        args.loglevel,
     ]
+    if args.loglevel:
+        argv += ["--loglevel", args.loglevel]
     if args.hostname:
         argv += ["--hostname", args.hostname]
     app.worker_main(argv)

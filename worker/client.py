@@ -18,13 +18,21 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from tasks.errors import GvwError
 from worker.jobs import new_job_id, parse_job
 from worker.layout import error_uri, result_uri
-from worker.producer import send_job
+from worker.producer import QUEUE, send_job
 from worker.settings import Settings, get_settings
 from worker.storage import StoreRouter
+from worker.uris import Role, parse_uri
 
-State = Literal["succeeded", "failed", "pending", "started", "retry"]
+# succeeded / failed: its record exists; queued: waiting on the broker; running: taken by
+# a worker (or waiting out a retry countdown there); unknown: none of these (never sent,
+# already gone from a queue that is not Redis, or an id typed wrong)
+State = Literal["succeeded", "failed", "queued", "running", "unknown"]
+# queue entries scanned for a job id before answering "unknown" (each is one LRANGE
+# of 1,000 messages): a bound on what `status` costs a very long queue
+_QUEUE_SCAN_MAX = 200_000
 
 _MAX_RECORD_BYTES = 64_000_000
 
@@ -57,10 +65,20 @@ class VisionClient:
         )
 
     def submit(self, job: dict[str, Any]) -> str:
-        """Validate and enqueue one job; returns its job id (generated when absent)."""
+        """Validate and enqueue one job; returns its job id (generated when absent).
+
+        Refused here, before anything is sent, with the worker's own message: a job of
+        the wrong shape (InvalidJob, naming the field), and URIs the worker would refuse
+        (``http://...``, ``inbox/a.jpg``, ``s3://inbox`` with no key: InputNotAllowed or
+        InvalidJob). Whether an input is inside the fleet's allowlist is the worker's to
+        say: a producer need not share its settings."""
         data = dict(job)
         data.setdefault("job_id", new_job_id())
-        parse_job(data)  # InvalidJob, naming the field, before anything is sent
+        parsed = parse_job(data)  # InvalidJob, naming the field, before anything is sent
+        for index, uri in enumerate(parsed.images):
+            _check_uri(uri, "input", f"images.{index}")
+        if parsed.output is not None:
+            _check_uri(parsed.output, "output", "output")
         return send_job(data, broker_url=self._broker_url)
 
     def result(self, job_id: str, *, output: str | None = None) -> dict[str, Any] | None:
@@ -75,6 +93,8 @@ class VisionClient:
         return None
 
     def status(self, job_id: str, *, output: str | None = None) -> JobStatus:
+        """Succeeded or failed (from its record), else queued or running (from the broker,
+        Redis), else unknown."""
         finished = self.finished(job_id, output=output)
         return finished or JobStatus(job_id, self._queue_state(job_id))
 
@@ -108,20 +128,53 @@ class VisionClient:
             pause_s = min(pause_s * 1.5, 2.0)
 
     def _queue_state(self, job_id: str) -> State:
-        """started / retry / pending from Celery's result backend, when it answers."""
-        try:
-            from celery import Celery
+        """Where the job's message is on a Redis broker: still in the queue (queued),
+        delivered to a worker and not yet acknowledged (running, or a retry countdown
+        held by a worker), or nowhere (unknown). Reads the broker's own keys (kombu's
+        Redis transport: the queue lists and the ``unacked`` hash), boundedly; never
+        the result backend."""
+        if not self._broker_url.startswith(("redis://", "rediss://")):
+            return "unknown"
+        import redis
 
-            backend_app = Celery(
-                "gvw-client",
-                broker=self._broker_url,
-                backend=self._settings.celery_result_backend,
-                set_as_current=False,
+        needle = f'"id": "{job_id}"'.encode()
+        try:
+            broker = redis.Redis.from_url(
+                self._broker_url, socket_connect_timeout=3, socket_timeout=10
             )
-            state = str(backend_app.AsyncResult(job_id).state).lower()
-        except Exception:
-            return "pending"
-        return {"started": "started", "retry": "retry"}.get(state, "pending")  # type: ignore[return-value]
+            for _, raw in broker.hscan_iter("unacked", count=1000):
+                if needle in raw:
+                    return "running"
+            for queue in _queue_keys(broker):
+                for start in range(0, _QUEUE_SCAN_MAX, 1000):
+                    chunk = broker.lrange(queue, start, start + 999)
+                    if any(needle in raw for raw in chunk):
+                        return "queued"
+                    if len(chunk) < 1000:
+                        break
+        except redis.RedisError as exc:
+            from kombu.utils.url import maybe_sanitize_url
+
+            from worker.producer import BrokerUnavailable
+
+            raise BrokerUnavailable(
+                f"cannot reach the broker at {maybe_sanitize_url(self._broker_url)} "
+                f"({exc}): is it running, and is CELERY_BROKER_URL right?"
+            ) from exc
+        return "unknown"
+
+
+def _queue_keys(broker: Any) -> list[bytes]:
+    """The `vision` queue's lists: kombu keeps one per priority step ("vision",
+    "vision\x06\x163", ...)."""
+    return [QUEUE.encode(), *sorted(broker.scan_iter(match=QUEUE + "\x06\x16*", count=1000))]
+
+
+def _check_uri(uri: str, role: Role, where: str) -> None:
+    try:
+        parse_uri(uri, role=role)
+    except GvwError as err:
+        raise type(err)(f"invalid job: {where}: {err.message}") from err
 
 
 _default: VisionClient | None = None

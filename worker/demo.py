@@ -118,7 +118,14 @@ def _run(
 
     from celery.contrib.testing.worker import start_worker
 
-    print(f"gvw demo: {len(jobs)} jobs, results under {results}, model answers from {where}")
+    from worker.observability import configure_logging, send_logs_to
+
+    # the terminal is for progress and results; the worker's own lines go to a file
+    log_path = root / "worker.log"
+    send_logs_to(str(log_path))
+    configure_logging(settings.gvw_log_level, fmt=settings.gvw_log_format, secrets=(api_key or "",))
+    print(f"gvw demo: {len(jobs)} jobs, results under {_shown(results)}")
+    print(f"model answers from {where}; worker log: {_shown(log_path)}")
     started = time.monotonic()
     with start_worker(
         app,
@@ -141,10 +148,13 @@ def _run(
 def _wait_all(
     jobs: list[dict[str, Any]], results: Path, *, timeout_s: float
 ) -> list[dict[str, Any]]:
+    from worker.progress import Progress
+
     pending = {job["job_id"]: job for job in jobs}
     done: dict[str, dict[str, Any]] = {}
     deadline = time.monotonic() + timeout_s
     shown = -1
+    bar = Progress("jobs", len(jobs))
     while pending and time.monotonic() < deadline:
         for job_id in list(pending):
             for name in ("result.json", "error.json"):
@@ -157,19 +167,20 @@ def _wait_all(
                     break
         if len(done) != shown:
             shown = len(done)
-            _progress(shown, len(jobs))
+            bar.update(shown)
         time.sleep(0.1)
-    print(file=sys.stderr)
+    bar.close()
     for job_id in pending:
         done[job_id] = {"job_id": job_id, "status": "timed out", "task": pending[job_id]["task"]}
     return [done[job["job_id"]] for job in jobs]
 
 
-def _progress(done: int, total: int) -> None:
-    width = 30
-    filled = int(width * done / total) if total else width
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} jobs")
-    sys.stderr.flush()
+def _shown(path: Path) -> str:
+    """A path as short as it can be said: relative to here when it is below here."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _print_table(records: list[dict[str, Any]], root: Path) -> None:

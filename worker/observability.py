@@ -1,12 +1,14 @@
-"""Metrics (Prometheus) and logs (JSON lines) for a worker.
+"""Metrics (Prometheus) and logs (readable lines, or JSON lines) for a worker.
 
 Metrics are served per worker process on `GVW_METRICS_PORT` (0 = off). With the default
 thread pool a worker is one process and one endpoint. With the prefork pool, set
 `PROMETHEUS_MULTIPROC_DIR` to an empty writable folder: children then write their
 samples there and the main process's endpoint aggregates them.
 
-Logs are JSON lines with `job_id` (and other context) as fields. The API key is scrubbed
-from every line, and nothing logs image bytes (only sizes and hashes).
+Logs are readable text lines by default and JSON lines with ``GVW_LOG_FORMAT=json`` (the
+compose file, the Kubernetes manifests and the image ask for it), with `job_id` (and other
+context) as fields either way. The API key is scrubbed from every line, and nothing logs
+image bytes (only sizes and hashes).
 """
 
 from __future__ import annotations
@@ -101,10 +103,64 @@ def _safe(value: Any) -> Any:
     return value
 
 
-def configure_logging(level: str, *, secrets: tuple[str, ...] = ()) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(secrets=secrets))
+class TextFormatter(logging.Formatter):
+    """One readable line: time, level, logger, message, then the `extra` fields as
+    key=value (the job id first). For people at a terminal; JSON lines are for machines."""
+
+    def __init__(self, *, secrets: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self._secrets = tuple(s for s in secrets if s)
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = time.strftime("%H:%M:%S", time.localtime(record.created))
+        fields = {
+            key: _safe(value)
+            for key, value in record.__dict__.items()
+            if key not in _STANDARD and not key.startswith("_") and key != "data"
+        }
+        context = " ".join(
+            f"{key}={value}"
+            for key, value in sorted(fields.items(), key=lambda kv: kv[0] != "job_id")
+        )
+        line = f"{when} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        if context:
+            line += f"  [{context}]"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        for secret in self._secrets:
+            line = line.replace(secret, "***")
+        return line
+
+
+LOG_FORMATS = ("text", "json")
+_destination: str | None = None
+
+
+def send_logs_to(path: str | None) -> None:
+    """Write this process's logs to ``path`` (appended) instead of stderr, from the next
+    `configure_logging` on: the demo and the benchmarks keep their terminal for progress
+    and results, and print where the logs went."""
+    global _destination
+    _destination = path
+
+
+def configure_logging(level: str, *, fmt: str = "text", secrets: tuple[str, ...] = ()) -> None:
+    """Root logging for this process: ``fmt`` "text" (readable lines) or "json" (one JSON
+    object a line, for log pipelines), at ``level``, on stderr or where `send_logs_to`
+    said. The API key (``secrets``) is scrubbed from every line either way."""
+    if fmt not in LOG_FORMATS:
+        raise ValueError(f"log format {fmt!r}: use one of {LOG_FORMATS}")
+    handler: logging.Handler = (
+        logging.FileHandler(_destination, encoding="utf-8")
+        if _destination
+        else logging.StreamHandler(sys.stderr)
+    )
+    formatter = JsonFormatter(secrets=secrets) if fmt == "json" else TextFormatter(secrets=secrets)
+    handler.setFormatter(formatter)
     root = logging.getLogger()
+    for old in root.handlers:
+        if old is not handler:
+            old.close()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # one line per HTTP request to Gemini is noise at INFO; keep it for DEBUG

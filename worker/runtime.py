@@ -111,7 +111,7 @@ def init_process(*, warm: bool = False) -> None:
 def warm_up(ports: Ports) -> float:
     """Do now, once per worker process, the one-off work a first job would otherwise pay
     for (about a second on a busy 2-core machine against ~40 ms for a later job): the S3
-    client, the task modules, Pillow's and OpenCV's plug-ins, the SDK's types. No network
+    client, the task modules, Pillow's plug-ins, the SDK's types. No network
     call. Best effort: a failure is logged and left to the first job. Returns seconds."""
     started = time.perf_counter()
     settings = ports.settings

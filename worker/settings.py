@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -85,6 +86,8 @@ class Settings(BaseSettings):
     # Prometheus /metrics per worker process (0 = off)
     gvw_metrics_port: int = Field(default=0, ge=0, le=65535)
     gvw_log_level: str = "INFO"
+    # "text": readable lines (a terminal); "json": one JSON object a line (log pipelines)
+    gvw_log_format: Literal["text", "json"] = "text"
 
     @field_validator("gemini_base_url", mode="before")
     @classmethod

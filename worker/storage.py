@@ -22,9 +22,10 @@ Errors are translated at this boundary into the project's exception tree:
     write to a missing bucket                   InvalidJob: the output names no bucket
     object larger than max_bytes                TooLarge (checked before the body is read)
     5xx, SlowDown, throttling, timeouts,        StorageUnavailable (retryable)
-    connection errors, bad or expired
-    credentials (the worker's fault, not the
-    job's), full disk
+    connection errors, expired credentials,
+    a skewed clock, full disk
+    no credentials, wrong credentials           WorkerMisconfigured: the deployment's
+                                                fault, permanent (fix, then replay)
     malformed URI, unknown scheme               InvalidJob, InputNotAllowed
 
 The one write that decides a job's outcome is `create_exclusive` (result.json, error.json):
@@ -54,6 +55,7 @@ from tasks.errors import (
     InvalidJob,
     StorageUnavailable,
     TooLarge,
+    WorkerMisconfigured,
 )
 from worker.uris import FILE_SCHEME, S3_SCHEME, parse_uri
 from worker.uris import join_uri as join_uri  # re-exported: the layout's callers use it here
@@ -139,13 +141,14 @@ _S3_NOT_FOUND: Final = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404"
 _S3_DENIED: Final = frozenset(
     {"AccessDenied", "Forbidden", "403", "AllAccessDisabled", "AccountProblem"}
 )
-_S3_CREDENTIALS: Final = frozenset(
+# Credentials that are wrong stay wrong: the worker's configuration, refused at once.
+_S3_CREDENTIALS: Final = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch"})
+# Credentials that expired or a clock that drifted: refreshed or resynced, so retried.
+_S3_EXPIRING_CREDENTIALS: Final = frozenset(
     {
         "ExpiredToken",
         "ExpiredTokenException",
-        "InvalidAccessKeyId",
         "InvalidToken",
-        "SignatureDoesNotMatch",
         "RequestTimeTooSkewed",
         "TokenRefreshRequired",
     }
@@ -360,16 +363,29 @@ def _translate_s3(exc: Exception, uri: str, *, writing: bool) -> GvwError:
     if isinstance(exc, ParamValidationError):
         return InvalidJob(f"invalid S3 request for {uri}: {exc}")
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
-        return StorageUnavailable(f"no usable AWS credentials for {uri}: {exc}")
+        # the worker's deployment, not the job, and no retry brings credentials: fix, replay
+        return WorkerMisconfigured(
+            f"the worker has no usable AWS credentials for {uri} ({exc}): set "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or give it an IAM role, then "
+            "replay the job (gvw dead-letters replay)"
+        )
     if not isinstance(exc, ClientError):
         # timeouts, refused or reset connections, broken response streams
         return StorageUnavailable(f"S3 unreachable for {uri}: {exc}")
     code, status = _s3_error(exc)
     if code in _S3_TRANSIENT or status == 429 or (status is not None and status >= 500):
         return StorageUnavailable(f"S3 unavailable for {uri}: {code or status}", s3_code=code)
-    if code in _S3_CREDENTIALS:
+    if code in _S3_EXPIRING_CREDENTIALS:
+        # temporary credentials are refreshed by botocore: trying again can help
         return StorageUnavailable(
             f"S3 refused the worker's credentials for {uri}: {code}", s3_code=code
+        )
+    if code in _S3_CREDENTIALS:
+        return WorkerMisconfigured(
+            f"S3 refused the worker's credentials for {uri} ({code}): check "
+            "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the role) and the endpoint, then "
+            "replay the job (gvw dead-letters replay)",
+            s3_code=code,
         )
     if code in _S3_NOT_FOUND:
         if writing:

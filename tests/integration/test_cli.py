@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import REPO_ROOT, Stack
+from tests.harness import REPO_ROOT, Stack, wait_until
 from worker.emulator.scenes import make_scene
 
 pytestmark = pytest.mark.integration
@@ -130,6 +131,14 @@ def test_demo_runs_every_task_with_no_services(tmp_path: Path) -> None:
     assert len(overlays) == 3
     masks = list((tmp_path / "demo" / "results").glob("*-segment/attempts/*/masks/*.png"))
     assert len(masks) == 3
+    # progress and results for the person running it; the worker's lines go to a file
+    output = done.stdout + done.stderr
+    assert '"level"' not in output and "celery.worker" not in output, output[:2000]
+    assert len(output.splitlines()) < 40, output
+    log = tmp_path / "demo" / "worker.log"
+    assert "worker log: " in done.stdout and "worker.log" in done.stdout
+    assert "worker process warmed up" in log.read_text()
+    assert "left" in done.stderr or "done in" in done.stderr  # rate and time left
 
 
 def test_version_names_the_installed_release() -> None:
@@ -138,3 +147,48 @@ def test_version_names_the_installed_release() -> None:
     done = gvw("--version")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"gvw {version('gemini-vision-worker')}"
+
+
+def test_worker_loglevel_flag_wins_over_the_environment(stack: Stack, tmp_path: Path) -> None:
+    """`gvw worker --loglevel WARNING` with GVW_LOG_LEVEL=INFO prints no INFO line; without
+    the flag, GVW_LOG_LEVEL decides. Logs are readable text unless GVW_LOG_FORMAT=json."""
+    from celery import Celery
+
+    producer = Celery("probe", broker=stack.env["CELERY_BROKER_URL"], set_as_current=False)
+    logs = {}
+    for name, flag in (("flag", ["--loglevel", "WARNING"]), ("env", [])):
+        env = {**stack.env, "GVW_LOG_LEVEL": "INFO", "GVW_LOG_FORMAT": "text"}
+        log_path = tmp_path / f"{name}.log"
+        with log_path.open("w") as handle:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "worker.cli",
+                    "worker",
+                    "--concurrency",
+                    "1",
+                    "--hostname",
+                    f"{name}-{uuid.uuid4().hex[:6]}@%h",
+                    *flag,
+                ],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        try:
+            wait_until(
+                lambda: len(producer.control.ping(timeout=1)) >= 2,  # the stack's and this one
+                timeout_s=60,
+                what=f"the {name} worker",
+            )
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
+        logs[name] = log_path.read_text()
+    assert " INFO " not in logs["flag"], logs["flag"][:2000]
+    assert " INFO " in logs["env"]
+    assert not any(line.startswith("{") for line in logs["env"].splitlines())

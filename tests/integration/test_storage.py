@@ -29,6 +29,7 @@ from tasks.errors import (
     InvalidJob,
     StorageUnavailable,
     TooLarge,
+    WorkerMisconfigured,
 )
 from worker.storage import (
     LocalStore,
@@ -302,7 +303,19 @@ def _client_error(code: str, status: int, operation: str = "GetObject") -> Clien
             StorageUnavailable,
             id="conn-timeout",
         ),
-        pytest.param(NoCredentialsError(), False, StorageUnavailable, id="no-credentials"),
+        pytest.param(NoCredentialsError(), False, WorkerMisconfigured, id="no-credentials"),
+        pytest.param(
+            _client_error("InvalidAccessKeyId", 403),
+            False,
+            WorkerMisconfigured,
+            id="wrong-access-key",
+        ),
+        pytest.param(
+            _client_error("SignatureDoesNotMatch", 403),
+            True,
+            WorkerMisconfigured,
+            id="wrong-secret",
+        ),
     ],
 )
 def test_s3_errors_are_translated(exc: Exception, writing: bool, expected: type[Exception]) -> None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
+
 from worker.observability import JsonFormatter
 
 
@@ -31,3 +33,37 @@ def test_the_api_key_never_reaches_a_log_line() -> None:
 def test_bytes_are_summarised_not_logged() -> None:
     line = _line(JsonFormatter(), "uploaded", data=b"\x89PNG" + b"\0" * 5000)
     assert line["data"] == "<5004 bytes>"
+
+
+def test_text_lines_read_like_a_sentence_with_the_job_first_and_no_key() -> None:
+    import logging
+
+    from worker.observability import TextFormatter
+
+    record = logging.LogRecord(
+        "worker.pipeline", logging.INFO, "p.py", 1, "job committed", (), None
+    )
+    record.task = "detect"
+    record.job_id = "a-1"
+    record.data = b"\x89PNG" + b"\0" * 5000
+    record.key = "AIzaSECRET"
+    line = TextFormatter(secrets=("AIzaSECRET",)).format(record)
+    assert " INFO    worker.pipeline: job committed  [job_id=a-1 " in line
+    assert "task=detect" in line and "AIzaSECRET" not in line
+    assert "\\x00" not in line and "PNG" not in line  # bytes never reach a log line
+
+
+@pytest.mark.parametrize(
+    ("argv", "level"),
+    [
+        (["gvw", "worker", "--loglevel", "warning"], "WARNING"),
+        (["celery", "-A", "worker", "worker", "-l", "debug"], "DEBUG"),
+        (["celery", "worker", "--loglevel=error"], "ERROR"),
+        (["celery", "worker", "-lINFO"], "INFO"),
+        (["gvw", "worker", "--concurrency", "4", "--logfile", "x.log"], None),
+    ],
+)
+def test_the_command_lines_loglevel_is_found(argv: list[str], level: str | None) -> None:
+    from worker.app import loglevel_flag
+
+    assert loglevel_flag(argv) == level

@@ -174,7 +174,9 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 def _configure_logging() -> None:
     from worker.observability import configure_logging
 
-    configure_logging(os.environ.get("GVW_LOG_LEVEL", "INFO"))
+    configure_logging(
+        os.environ.get("GVW_LOG_LEVEL", "INFO"), fmt=os.environ.get("GVW_LOG_FORMAT", "text")
+    )
 
 
 def _fail(reason: str, status: int) -> int:
