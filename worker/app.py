@@ -135,10 +135,25 @@ def _init_worker(sender: Any = None, **_: Any) -> None:
     # themselves; warming the parent too would only grow what every fork copies.)
     # Celery sets logging up only after this signal: do it now, so the warm-up is logged.
     _setup_logging()
+    problem = startup_problem(runtime.settings())
+    if problem is not None:
+        # a worker that cannot call Gemini would take every job and dead-letter it
+        print(f"gvw worker: {problem}", file=sys.stderr, flush=True)
+        raise SystemExit(2)  # a BaseException: Celery's signal dispatch lets it through
     # producers share the broker: only read-only control commands are obeyed
     restrict_remote_control()
     runtime.init_process(warm=_pool_runs_jobs_here(getattr(sender, "pool_cls", None)))
     start_metrics_server(get_settings().gvw_metrics_port)
+
+
+def startup_problem(settings: Settings) -> str | None:
+    """Why a worker with these settings must not start, in one line, or None."""
+    if settings.api_key is None and settings.gemini_base_url is None:
+        return (
+            "no Gemini API key: set GEMINI_API_KEY (or GOOGLE_API_KEY), or point "
+            "GEMINI_BASE_URL at an emulator (gvw emulator); `gvw doctor` checks a deployment"
+        )
+    return None
 
 
 def _pool_runs_jobs_here(pool_cls: Any) -> bool:

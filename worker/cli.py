@@ -32,6 +32,7 @@ examples:
   gvw emulator --port 8765                   # a local Gemini REST emulator
   gvw files list ; gvw files purge --all     # File API uploads shared by the fleet
   gvw dead-letters list ; gvw dead-letters replay a-0001
+  gvw doctor                                 # is this deployment ready? one line per check
   gvw bridge sqs --queue-url URL --rules rules.json   # S3 upload events -> jobs
 
 configuration comes from the environment (GEMINI_API_KEY, GEMINI_BASE_URL,
@@ -190,6 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scope.add_argument(
         "--all", dest="expired_only", action="store_false", help="every gvw upload of this project"
+    )
+    sub.add_parser(
+        "doctor",
+        help="check everything a deployment needs, one line each",
+        description="Checks, with the worker's own settings: the broker, Redis (and its "
+        "maxmemory-policy and persistence), the clocks, the results location (a probe "
+        "written and deleted), each allowed input prefix (listed), and Gemini (the "
+        "endpoint, the key and the model: one models.get, nothing generated). Exit status "
+        "1 when any check fails.",
     )
     add_bridge_parser(sub)
 
@@ -424,6 +434,20 @@ def _cmd_files(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from worker.doctor import run_checks
+    from worker.settings import get_settings
+
+    checks = run_checks(get_settings())
+    for check in checks:
+        print(check.line())
+    failed = [c for c in checks if c.level == "FAIL"]
+    if failed:
+        _fail(f"{len(failed)} of {len(checks)} checks failed")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def _cmd_dead_letters(args: argparse.Namespace) -> int:
     from worker.layout import error_uri
     from worker.producer import send_job
@@ -487,6 +511,7 @@ _HANDLERS = {
     "emulator": _cmd_emulator,
     "files": _cmd_files,
     "dead-letters": _cmd_dead_letters,
+    "doctor": _cmd_doctor,
     "enqueue-prefix": _cmd_enqueue_prefix,
     "bridge": run_bridge,
 }

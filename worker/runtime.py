@@ -142,6 +142,15 @@ def set_ports(ports: Ports) -> None:
         _installed = True
 
 
+def settings() -> Settings:
+    """This process's settings: those of installed ports (`gvw demo`), else the
+    environment's."""
+    with _lock:
+        if _installed and _ports is not None:
+            return _ports.settings
+    return get_settings()
+
+
 def get_ports() -> Ports:
     global _ports
     if _ports is None:

@@ -107,7 +107,102 @@ def test_unknown_job_has_no_result(stack: Stack) -> None:
     assert done.returncode == 1
     assert "no result" in done.stderr
     status = gvw("status", "never-submitted", "--json", env=stack.env)
-    assert json.loads(status.stdout)["status"] == "pending"
+    assert json.loads(status.stdout)["status"] == "unknown"
+    assert status.returncode == 3  # its own exit code: not "queued", not a failure
+    assert status.stderr.startswith("gvw: no job never-submitted")
+
+
+def test_status_tells_a_queued_job_from_an_unknown_one(stack: Stack, tmp_path: Path) -> None:
+    # a broker database no worker reads: what is sent there stays queued
+    env = {**stack.env, "CELERY_BROKER_URL": f"{stack.redis.url}/7"}
+    job_id = f"queued-{uuid.uuid4().hex[:8]}"
+    sent = gvw("submit", "caption", "s3://inbox/a.png", "--job-id", job_id, env=env)
+    assert sent.returncode == 0, sent.stderr
+    status = gvw("status", job_id, "--json", env=env)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["status"] == "queued"
+    # submitting never touched the result backend (down here), only the broker
+    env_no_backend = {**env, "CELERY_RESULT_BACKEND": "redis://127.0.0.1:1/0"}
+    again = gvw("submit", "caption", "s3://inbox/a.png", env=env_no_backend)
+    assert again.returncode == 0, again.stderr
+
+
+@pytest.mark.parametrize(
+    ("uri", "reason"),
+    [
+        pytest.param("http://example.com/a.jpg", "only s3:// and file://", id="http"),
+        pytest.param("inbox/a.jpg", "only s3:// and file://", id="no-scheme"),
+        pytest.param("s3:/inbox/a.jpg", "only s3:// and file://", id="one-slash"),
+        pytest.param("s3:/x", "at least 6 characters", id="too-short"),
+        pytest.param("s3://inbox", "no object key", id="bucket-only"),
+    ],
+)
+def test_uris_the_worker_would_refuse_are_refused_at_submit(
+    stack: Stack, uri: str, reason: str
+) -> None:
+    done = gvw("submit", "caption", uri, env=stack.env)
+    assert done.returncode == 1
+    assert reason in done.stderr
+    assert done.stderr.strip().count("\n") == 0
+
+
+def test_an_output_the_worker_would_refuse_is_refused_at_submit(stack: Stack) -> None:
+    done = gvw("submit", "caption", "s3://inbox/a.png", "--output", "http://x/", env=stack.env)
+    assert done.returncode == 1
+    assert "only s3:// and file://" in done.stderr
+
+
+def test_a_dead_broker_fails_fast_with_one_line_naming_it(stack: Stack) -> None:
+    import time
+
+    env = {**stack.env, "CELERY_BROKER_URL": "redis://:hunter2@127.0.0.1:1/0"}
+    started = time.monotonic()
+    done = gvw("submit", "caption", "s3://inbox/a.png", env=env, timeout_s=60)
+    assert done.returncode == 1
+    assert time.monotonic() - started < 15
+    assert "cannot reach the broker at redis://:**@127.0.0.1:1/0" in done.stderr
+    assert "hunter2" not in done.stderr
+    assert done.stderr.strip().count("\n") == 0
+
+
+def test_a_worker_without_a_key_refuses_to_start(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GVW_", "GEMINI_", "GOOGLE_"))}
+    env["CELERY_BROKER_URL"] = "redis://127.0.0.1:1/0"
+    done = gvw("worker", "--concurrency", "1", env=env, cwd=tmp_path, timeout_s=60)
+    assert done.returncode == 2
+    assert "gvw worker: no Gemini API key" in done.stderr
+
+
+def test_doctor_passes_on_a_ready_deployment(stack: Stack) -> None:
+    done = gvw("doctor", env=stack.env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    for name in ("broker", "redis", "clock", "results", "inputs", "gemini"):
+        assert any(line.startswith("ok") and f" {name} " in line for line in lines), (name, lines)
+    assert any("key accepted, model gemini-2.5-flash known" in line for line in lines)
+    # the test Redis keeps nothing on disk: reported, not a failure
+    assert any(line.startswith("warn") and "persistence" in line for line in lines)
+
+
+def test_doctor_says_what_to_fix(stack: Stack) -> None:
+    env = {
+        **stack.env,
+        "GVW_REDIS_URL": "redis://127.0.0.1:1/1",
+        "GVW_RESULTS_URI": "s3://no-such-bucket/vision",
+        "GVW_ALLOWED_INPUTS": "s3://inbox/,s3://no-such-bucket-either/",
+        "GEMINI_API_KEY": "wrong-key",
+    }
+    done = gvw("doctor", env=env)
+    assert done.returncode == 1
+    failed = {line.split()[1]: line for line in done.stdout.splitlines() if line.startswith("FAIL")}
+    assert set(failed) == {"redis", "results", "inputs", "gemini"}, done.stdout
+    assert "fix GVW_REDIS_URL" in failed["redis"]
+    assert "GVW_RESULTS_URI" in failed["results"]
+    assert "no-such-bucket-either" in failed["inputs"]
+    assert "API key was refused" in failed["gemini"]
+    unknown_model = gvw("doctor", env={**stack.env, "GVW_MODEL": "imagined-model-9"})
+    assert unknown_model.returncode == 1
+    assert "model 'imagined-model-9' is unknown here" in unknown_model.stdout
 
 
 @pytest.mark.parametrize("command", ["submit", "status", "result", "worker", "demo", "emulator"])

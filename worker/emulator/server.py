@@ -39,6 +39,7 @@ _log = logging.getLogger("worker.emulator")
 _MODEL_CALL_RE = re.compile(
     r"^/(v1|v1beta|v1alpha)/models/([^/:]+):(generateContent|streamGenerateContent|countTokens)$"
 )
+_MODEL_RE = re.compile(r"^/(v1|v1beta|v1alpha)/models/([^/:]+)$")
 _UPLOAD_RE = re.compile(r"^/upload/(v1|v1beta|v1alpha)/files$")
 _FILES_RE = re.compile(r"^/(v1|v1beta|v1alpha)/files$")
 _FILE_RE = re.compile(r"^/(v1|v1beta|v1alpha)/files/([^/:]+)$")
@@ -290,6 +291,12 @@ class _Handler(BaseHTTPRequestHandler):
             if call == "streamGenerateContent" and status == 200:
                 return _stream_reply(body, sse=query.get("alt") == "sse")
             return json_reply(body, status=status)
+
+        if method == "GET" and (match := _MODEL_RE.match(path)):
+            api_version, model = match.groups()
+            service.check_api_key(headers, query)
+            service.check_model(model, api_version)
+            return json_reply(service.model_info(model))
 
         if method == "GET" and _FILES_RE.match(path):
             service.check_api_key(headers, query)

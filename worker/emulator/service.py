@@ -173,6 +173,24 @@ class EmulatorService:
         )
         return body, status
 
+    def model_info(self, model: str) -> dict[str, Any]:
+        """`models.get`: the Model resource as Google describes a Gemini model (the
+        fields the SDK reads; the limits are 2.5 Flash's)."""
+        return {
+            "name": f"models/{model}",
+            "version": "001",
+            "displayName": f"{model} (emulated)",
+            "description": "Answers from the pixels of synthetic scenes: the gvw emulator.",
+            "inputTokenLimit": 1048576,
+            "outputTokenLimit": 65536,
+            "supportedGenerationMethods": ["generateContent", "countTokens"],
+            "temperature": 1,
+            "topP": 0.95,
+            "topK": 64,
+            "maxTemperature": 2,
+            "thinking": True,
+        }
+
     def count_tokens(self, model: str, raw_body: bytes) -> Reply:
         started = time.perf_counter()
         body = _loads(raw_body)
