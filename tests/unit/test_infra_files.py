@@ -385,3 +385,15 @@ def test_compose_workers_send_task_events_for_flower() -> None:
     config = celery_config(Settings())
     assert config["worker_send_task_events"] is True
     assert config["task_send_sent_event"] is True
+
+
+def test_the_package_carries_its_license_and_type_hints() -> None:
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "Apache-2.0"  # an SPDX expression, not the deprecated table
+    assert project["license-files"] == ["LICENSE"]
+    assert "Apache License" in (root / "LICENSE").read_text()
+    assert (root / "worker" / "py.typed").exists() and (root / "tasks" / "py.typed").exists()
+    assert not any("opencv" in dep for dep in project["dependencies"])
