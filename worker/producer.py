@@ -31,9 +31,21 @@ class BrokerUnavailable(RuntimeError):
     """The broker cannot be reached: the message says which one (no password) and why."""
 
 
+class _Producer(Celery):  # type: ignore[misc]
+    """A Celery app that sends and never reads results: its result backend is disabled
+    whatever CELERY_RESULT_BACKEND says (Celery reads that variable ahead of its own
+    configuration), so sending never waits on a result store. Workers still record task
+    states there for those who look."""
+
+    def _get_backend(self) -> Any:
+        from celery.backends.base import DisabledBackend
+
+        return DisabledBackend(app=self)
+
+
 @lru_cache(maxsize=4)
 def _producer(broker_url: str) -> Celery:
-    app = Celery("gvw-producer", broker=broker_url, set_as_current=False)
+    app = _Producer("gvw-producer", broker=broker_url, set_as_current=False)
     app.conf.update(
         # Celery reads CELERY_BROKER_URL ahead of its own configuration: a producer told
         # to use one broker must not silently use another
@@ -63,8 +75,6 @@ def send_job(job: dict[str, Any], *, broker_url: str | None = None) -> str:
             args=[job],
             queue=QUEUE,
             task_id=job_id,
-            # no result backend round trip: the job's record in storage is its result
-            ignore_result=True,
         )
     except (OperationalError, OSError) as exc:
         raise BrokerUnavailable(

@@ -52,7 +52,7 @@ def test_a_bad_job_never_leaves_the_client(stack: Stack, client: VisionClient) -
     job_id = f"bad-{uuid.uuid4().hex[:8]}"
     with pytest.raises(InvalidJob, match="labels"):
         client.submit({"task": "classify", "images": ["s3://inbox/a.png"], "job_id": job_id})
-    assert client.status(job_id).state == "pending"
+    assert client.status(job_id).state == "unknown"  # nothing was sent
     assert client.result(job_id) is None
 
 
