@@ -29,7 +29,7 @@ print(json.dumps([h for h in {heavy!r}
 @pytest.mark.parametrize(
     "module",
     [
-        "worker.client",
+        # worker.client: tests/integration/test_client.py holds it to a stricter list
         "worker.bridge.sqs_runner",
         "worker.bridge.webhook",
         "worker.bridge.lambda_handler",
