@@ -24,7 +24,7 @@ from worker.layout import error_uri, result_uri
 from worker.producer import QUEUE, send_job
 from worker.settings import Settings, get_settings
 from worker.storage import StoreRouter
-from worker.uris import Role, parse_uri
+from worker.storage.uris import Role, parse_uri
 
 # succeeded / failed: its record exists; queued: waiting on the broker; running: taken by
 # a worker (or waiting out a retry countdown there); unknown: none of these (never sent,

@@ -31,7 +31,7 @@ from kombu.utils.url import maybe_sanitize_url
 from tasks.errors import GvwError
 from worker.settings import Settings
 from worker.storage import StoreRouter, join_uri
-from worker.uris import parse_prefix
+from worker.storage.uris import parse_prefix
 
 Level = Literal["ok", "warn", "FAIL"]
 # seconds a clock may be off before it is reported (S3 itself refuses 900 s)

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from tasks import registry
 from tasks.base import TaskSpec
 from tasks.errors import InputNotAllowed, InvalidJob
-from worker.uris import Role, parse_uri
+from worker.storage.uris import Role, parse_uri
 
 SCHEMA_VERSION = 1
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -107,7 +107,7 @@ def parse_job(raw: Any, *, default_job_id: str | None = None) -> Job:
     task = registry.get_task(job.task)  # InvalidJob naming the known tasks
     # image count, labels and response_schema are checked per task
     task.check(job.spec())
-    # every URI parsed once (worker.uris), kept in its one spelling for the checks and I/O
+    # every URI parsed once (worker.storage.uris), kept in its one spelling for the checks and I/O
     images = [_parsed(uri, "input", f"images.{i}") for i, uri in enumerate(job.images)]
     output = _parsed(job.output, "output", "output") if job.output is not None else None
     return job.model_copy(update={"images": images, "output": output})

@@ -63,8 +63,8 @@ from worker.records import (
 )
 from worker.settings import Settings
 from worker.storage import StoreRouter, get_json, join_uri
+from worker.storage.uris import check_allowed
 from worker.transport import ImageSender, RequestImages, SentImage
-from worker.uris import check_allowed
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def run(
     timer = timer or StageTimer()
     check_model_allowed(job.model, settings)
     # Every URI is checked before any is read: one bad URI refuses the whole job. The
-    # parsed spelling is what the I/O below uses (worker.uris: one parser).
+    # parsed spelling is what the I/O below uses (worker.storage.uris: one parser).
     output = (
         check_allowed(job.output, settings.allowed_output_prefixes, role="output").text
         if job.output is not None

@@ -36,12 +36,12 @@ from worker.storage import (
     ObjectStore,
     S3Store,
     StoreRouter,
-    _translate_s3,
     get_json,
     join_uri,
     parse_file_uri,
     parse_s3_uri,
 )
+from worker.storage.s3 import _translate_s3
 
 pytestmark = pytest.mark.integration
 
@@ -131,7 +131,7 @@ def test_conditional_conflict_is_retried(s3_bucket: str, raw_s3: Any) -> None:
 def test_endless_conflict_ends_in_an_exists_check(
     s3_bucket: str, raw_s3: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("worker.storage._CONFLICT_BACKOFF_S", 0.001)
+    monkeypatch.setattr("worker.storage.s3._CONFLICT_BACKOFF_S", 0.001)
     raw_s3.put_object(Bucket=s3_bucket, Key="c/result.json", Body=b"theirs")
     store = S3Store(client=cast(Any, _ConflictingClient(raw_s3, conflicts=100)))
     assert (

@@ -444,7 +444,7 @@ def test_inputs_outside_the_allowlist_are_refused_before_anything_is_read(
     assert other_keys == {"secret.png"}, other_keys
     assert ("GET", "inbox") in {(r.method, r.bucket) for r in control_log}, control_log
     assert dotted_record["status"] == "failed", dotted_record
-    # a ".." segment is refused outright (worker.uris): nothing of the inbox is read
+    # a ".." segment is refused outright (worker.storage.uris): nothing of the inbox is read
     assert dotted_record["error"]["code"] == "invalid_job"
     assert {r.bucket for r in dotted_log} <= {"results"}, dotted_log
 

@@ -8,7 +8,7 @@ import pytest
 
 from tasks.errors import InputNotAllowed, InvalidJob
 from worker.jobs import parse_job
-from worker.uris import check_allowed
+from worker.storage.uris import check_allowed
 
 GOOD = {"job_id": "invoice-0042", "task": "detect", "images": ["s3://inbox/photos/a.jpg"]}
 
@@ -189,7 +189,7 @@ def test_inputs_keep_their_literal_spelling() -> None:
 
 def test_check_and_write_agree_on_an_encoded_output() -> None:
     # the attack of issue 9: decoded for the check, verbatim for the write
-    from worker.uris import is_within, parse_prefix, parse_uri
+    from worker.storage.uris import is_within, parse_prefix, parse_uri
 
     sibling = parse_uri("file:///srv/results-evil%2F..%2Fresults/x", role="object")
     assert not is_within(sibling, parse_prefix("file:///srv/results/"))

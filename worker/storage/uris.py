@@ -199,3 +199,26 @@ def _shown(text: str) -> str:
     if len(text) <= _SHOWN_CHARS:
         return repr(text)
     return repr(text[:_SHOWN_CHARS]) + f"… ({len(text)} characters)"
+
+
+def parse_s3_uri(uri: str, *, require_key: bool = True) -> tuple[str, str]:
+    """``s3://bucket/key`` -> ``("bucket", "key")``; InvalidJob when malformed.
+
+    With ``require_key=False`` the key may be empty (a bucket or a prefix). The rules are
+    this module's rules.
+    """
+    if not uri.startswith(S3_SCHEME):
+        raise InvalidJob(f"not an s3:// URI: {uri[:200]!r}")
+    parsed = parse_uri(uri, role="object" if require_key else "folder")
+    return parsed.bucket, parsed.path
+
+
+def parse_file_uri(uri: str) -> str:
+    """``file:///abs/path`` -> ``/abs/path``; ``file://./rel/path`` -> ``./rel/path``.
+
+    ``..`` segments are refused: an allowed-prefix check done on the URI's text must not be
+    escapable by walking up.
+    """
+    if not uri.startswith(FILE_SCHEME):
+        raise InvalidJob(f"not a file:// URI: {uri[:200]!r}")
+    return parse_uri(uri, role="object").path

@@ -1,0 +1,65 @@
+"""The `ObjectStore` port: bytes by URI, the same for S3 and local files.
+
+Adapters: `worker.storage.s3.S3Store`, `worker.storage.local.LocalStore`, and
+`worker.storage.router.StoreRouter`, which hands each call to the adapter of its URI's
+scheme. Every method raises only errors of `tasks.errors`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from tasks.errors import TooLarge
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    uri: str
+    size_bytes: int
+    etag: str  # S3's ETag; size and mtime for local files
+
+
+class ObjectStore(Protocol):
+    """Bytes by URI. Every method raises only errors from `tasks.errors`."""
+
+    def head_size(self, uri: str) -> int:
+        """Size of the object in bytes; InputNotFound when it does not exist."""
+        ...
+
+    def get_bytes(self, uri: str, *, max_bytes: int) -> bytes:
+        """The whole object, refused with TooLarge above ``max_bytes`` before it is read."""
+        ...
+
+    def put_bytes(self, uri: str, data: bytes, *, content_type: str) -> None:
+        """Write (or overwrite) the object; readers see the old or the new bytes, never half."""
+        ...
+
+    def create_exclusive(self, uri: str, data: bytes, *, content_type: str) -> bool:
+        """Create the object only if it does not exist: True if this call created it,
+        False if it already existed (the existing object is left untouched)."""
+        ...
+
+    def exists(self, uri: str) -> bool: ...
+
+    def delete(self, uri: str) -> None:
+        """Remove the object; a missing object is not an error."""
+        ...
+
+    def list_prefix(self, uri_prefix: str) -> Iterator[str]:
+        """URIs of every object whose URI starts with ``uri_prefix``, in key order."""
+        ...
+
+    def list_objects(self, uri_prefix: str) -> Iterator[ObjectInfo]:
+        """`list_prefix` with each object's size and version tag (ETag, or size and mtime
+        for a file), for deterministic job ids."""
+        ...
+
+
+def too_large(uri: str, size_bytes: int, max_bytes: int) -> TooLarge:
+    return TooLarge(
+        f"{uri} is {size_bytes} bytes, above the limit of {max_bytes}",
+        size_bytes=size_bytes,
+        max_bytes=max_bytes,
+    )
