@@ -15,6 +15,10 @@ its boundary, always ``raise ... from exc``.
     │   ├── TooLarge                 too_large
     │   ├── ModelBlocked             model_blocked      (safety block: a final answer)
     │   ├── ModelRejected            model_error        (4xx: the request as sent is wrong)
+    │   │   ├── FileUriRejected      model_error        (403/404 on a File API URI: upload
+    │   │   │                                            again once, then final)
+    │   │   └── FileNotActive        model_error        (400 FAILED_PRECONDITION: wait
+    │   │                                                for ACTIVE once, then final)
     │   ├── QuotaExhausted           quota_exhausted    (per-day quota: waiting, not retrying)
     │   ├── WorkerMisconfigured      worker_misconfigured (no or wrong storage credentials)
     │   └── WorkerLost               internal           (the job kept killing its worker)
@@ -126,6 +130,16 @@ class ModelRejected(PermanentError):
     """A 4xx from Gemini (bad request, auth, unknown model): repeating it cannot help."""
 
     code = "model_error"
+
+
+class FileUriRejected(ModelRejected):
+    """Gemini refused a File API URI of the request: expired, deleted or another
+    project's (403, not 404, is what the API answers). The pipeline uploads again once."""
+
+
+class FileNotActive(ModelRejected):
+    """A File API upload of the request is not ACTIVE yet (400 FAILED_PRECONDITION). The
+    pipeline waits for it once."""
 
 
 class QuotaExhausted(PermanentError):

@@ -398,7 +398,7 @@ def _cmd_emulator(args: argparse.Namespace) -> int:
 
 
 def _cmd_files(args: argparse.Namespace) -> int:
-    from worker.file_admin import cached_files, purge
+    from worker.gemini.file_admin import cached_files, purge
     from worker.runtime import build_ports
     from worker.settings import get_settings
 

@@ -28,13 +28,14 @@ from typing import Any
 from tasks import registry
 from tasks.base import ModelRequest, TaskOutput
 from tasks.errors import (
+    FileNotActive,
+    FileUriRejected,
     GvwError,
     InvalidJob,
     JobBusy,
     JobIdConflict,
     ModelOutputInvalid,
     ModelRateLimited,
-    ModelRejected,
     RecordNotWritten,
     RetryableError,
     WorkerLost,
@@ -45,8 +46,9 @@ from tasks.tokens import estimate_image_tokens
 from worker.answer_store import AnswerStore
 from worker.artifacts import encode_mask_png, render_overlay_png, slug
 from worker.deliveries import Deliveries
-from worker.file_cache import FileCache
 from worker.gemini import GeminiGateway, GenerationOptions, ModelAnswer
+from worker.gemini.file_cache import FileCache
+from worker.gemini.transport import ImageSender, RequestImages, SentImage
 from worker.images import ImageFacts, PreparedImage, fit_within, prepare_image
 from worker.job_claims import JobClaims
 from worker.job_locks import JobLocks
@@ -64,7 +66,6 @@ from worker.records import (
 from worker.settings import Settings
 from worker.storage import StoreRouter, get_json, join_uri
 from worker.storage.uris import check_allowed
-from worker.transport import ImageSender, RequestImages, SentImage
 
 log = logging.getLogger(__name__)
 
@@ -383,16 +384,10 @@ def _ask(
     sent = images.sent()
     try:
         return call(sent)
-    except ModelRejected as err:
-        uses_files = any(s.transport == "file_api" for s in sent)
-        status = err.details.get("status")
-        if uses_files and err.details.get("http_status") in (403, 404):
-            # the API answers 403, not 404, for an expired, deleted or foreign file
-            sent = images.replace_files()
-        elif uses_files and status == "FAILED_PRECONDITION":
-            images.wait_files_active()
-        else:
-            raise
+    except FileUriRejected:  # expired, deleted or another project's: upload again, once
+        sent = images.replace_files()
+    except FileNotActive:  # still PROCESSING: wait for ACTIVE, once
+        images.wait_files_active()
     return call(sent)
 
 

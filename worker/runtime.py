@@ -19,8 +19,8 @@ from PIL import Image
 from tasks import registry
 from worker.answer_store import AnswerStore, LocalAnswerStore, RedisAnswerStore
 from worker.deliveries import Deliveries, LocalDeliveries, RedisDeliveries
-from worker.file_cache import FileCache, LocalFileCache, RedisFileCache
 from worker.gemini import GeminiGateway
+from worker.gemini.file_cache import FileCache, LocalFileCache, RedisFileCache
 from worker.job_claims import JobClaims, LocalJobClaims, RedisJobClaims
 from worker.job_locks import JobLocks, LocalJobLocks, RedisJobLocks
 from worker.pipeline import Ports

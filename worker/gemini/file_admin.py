@@ -10,10 +10,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from google.genai import types
-
-from worker.file_cache import CachedFile, FileCache
-from worker.gemini import GeminiGateway
+from worker.gemini.file_cache import CachedFile, FileCache
+from worker.gemini.gateway import GeminiGateway
+from worker.gemini.records import RemoteFile
 
 DISPLAY_PREFIX = "gvw-"
 
@@ -42,11 +41,11 @@ def purge(
     failed: list[str] = []
     kept = 0
     for file in _our_files(gemini):
-        expires_at = file.expiration_time.timestamp() if file.expiration_time else now
+        expires_at = file.expires_at if file.expires_at is not None else now
         if expired_only and expires_at - margin_s > now:
             kept += 1
             continue
-        name = file.name or ""
+        name = file.name
         try:
             gemini.delete_file(name)
         except Exception:
@@ -59,7 +58,7 @@ def purge(
     return PurgeReport(deleted=deleted, kept=kept, failed=failed)
 
 
-def _our_files(gemini: GeminiGateway) -> Iterator[types.File]:
+def _our_files(gemini: GeminiGateway) -> Iterator[RemoteFile]:
     for file in gemini.list_files():
-        if (file.display_name or "").startswith(DISPLAY_PREFIX):
+        if file.display_name.startswith(DISPLAY_PREFIX):
             yield file

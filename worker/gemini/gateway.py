@@ -1,38 +1,33 @@
 """GeminiGateway: the only place that talks to Gemini (through the google-genai SDK).
 
 One client per worker process. The SDK retries nothing here: retries live in one place,
-the Celery task, so they are not multiplied across layers. Every SDK and transport error
-leaves this module translated into the project's exception tree (`tasks.errors`),
-because a pickled `APIError` crosses Celery as a bare `APIError` and loses its class.
+the Celery task, so they are not multiplied across layers. Every call runs inside
+`gemini_errors`, so what leaves this module is `tasks.errors` and `worker.gemini.records`
+only: a pickled `APIError` crosses Celery as a bare `APIError` and loses its class.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-import httpx2
-from celery.exceptions import SoftTimeLimitExceeded
 from google import genai
-from google.genai import errors as genai_errors
 from google.genai import types
 
 from tasks.base import ModelRequest
-from tasks.errors import (
-    GvwError,
-    ModelBlocked,
-    ModelOutputInvalid,
-    ModelRateLimited,
-    ModelRejected,
-    ModelUnavailable,
-    QuotaExhausted,
-)
+from tasks.errors import ModelBlocked, ModelOutputInvalid, ModelRejected, ModelUnavailable
 from tasks.model_families import thinking_for
+from worker.gemini.errors import gemini_errors
+from worker.gemini.records import (
+    GenerationOptions,
+    ImagePart,
+    ModelAnswer,
+    RemoteFile,
+    TokenUsage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,44 +37,6 @@ _BLOCK_REASONS = frozenset(
     {"SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "IMAGE_SAFETY", "RECITATION"}
 )
 _OK_REASONS = frozenset({"STOP", "FINISH_REASON_UNSPECIFIED", ""})
-
-
-@dataclass(frozen=True)
-class ImagePart:
-    """One image of a request: inline bytes or a File API URI."""
-
-    mime_type: str
-    data: bytes | None = None
-    file_uri: str | None = None
-
-    def to_sdk(self) -> types.Part:
-        if self.file_uri is not None:
-            return types.Part.from_uri(file_uri=self.file_uri, mime_type=self.mime_type)
-        assert self.data is not None
-        return types.Part.from_bytes(data=self.data, mime_type=self.mime_type)
-
-
-@dataclass(frozen=True)
-class TokenUsage:
-    prompt_tokens: int = 0
-    output_tokens: int = 0
-    total_tokens: int = 0
-    thoughts_tokens: int = 0
-
-
-@dataclass(frozen=True)
-class ModelAnswer:
-    text: str
-    finish_reason: str
-    usage: TokenUsage
-    model_version: str | None = None
-
-
-@dataclass(frozen=True)
-class GenerationOptions:
-    temperature: float | None = None
-    thinking_budget: int | None = None
-    max_output_tokens: int | None = None
 
 
 _WARM_UP_MODEL = "gemini-2.5-flash"
@@ -142,57 +99,40 @@ class GeminiGateway:
         options: GenerationOptions,
     ) -> ModelAnswer:
         config = self._config(model, request, options)
-        try:
+        uses_files = any(part.file_uri is not None for part in images)
+        with gemini_errors(uses_files=uses_files):
             response = self._client.models.generate_content(
                 model=model, contents=self._contents(images, request), config=config
             )
-        except SoftTimeLimitExceeded:
-            raise  # Celery's signal to stop: not an SDK error
-        except Exception as exc:  # translated below; nothing SDK-shaped leaves this module
-            raise translate_error(exc) from exc
         return read_response(response)
 
     # --- the File API ---------------------------------------------------------------------
 
-    def upload_file(self, data: bytes, *, mime_type: str, display_name: str) -> types.File:
-        """Upload from memory (no temporary file) and return the File as Gemini reports it."""
-        try:
-            return self._client.files.upload(
+    def upload_file(self, data: bytes, *, mime_type: str, display_name: str) -> RemoteFile:
+        """Upload from memory (no temporary file); the file as Gemini reports it."""
+        with gemini_errors():
+            uploaded = self._client.files.upload(
                 file=io.BytesIO(data),
                 config=types.UploadFileConfig(mime_type=mime_type, display_name=display_name),
             )
-        except SoftTimeLimitExceeded:
-            raise
-        except Exception as exc:
-            raise translate_error(exc) from exc
+        return _remote(uploaded, size_bytes=len(data), mime_type=mime_type)
 
-    def get_file(self, name: str) -> types.File:
-        try:
-            return self._client.files.get(name=name)
-        except SoftTimeLimitExceeded:
-            raise
-        except Exception as exc:
-            raise translate_error(exc) from exc
+    def get_file(self, name: str) -> RemoteFile:
+        with gemini_errors():
+            return _remote(self._client.files.get(name=name))
 
     def delete_file(self, name: str) -> None:
-        try:
+        with gemini_errors():
             self._client.files.delete(name=name)
-        except SoftTimeLimitExceeded:
-            raise
-        except Exception as exc:
-            raise translate_error(exc) from exc
 
-    def list_files(self) -> Iterator[types.File]:
-        try:
-            yield from self._client.files.list(config=types.ListFilesConfig(page_size=100))
-        except SoftTimeLimitExceeded:
-            raise
-        except Exception as exc:
-            raise translate_error(exc) from exc
+    def list_files(self) -> Iterator[RemoteFile]:
+        with gemini_errors():
+            for file in self._client.files.list(config=types.ListFilesConfig(page_size=100)):
+                yield _remote(file)
 
     def wait_until_active(
-        self, file: types.File, *, timeout_s: float, first_pause_s: float = 0.2
-    ) -> types.File:
+        self, file: RemoteFile, *, timeout_s: float, first_pause_s: float = 0.2
+    ) -> RemoteFile:
         """Poll `files.get` with backoff until the file is ACTIVE (bounded).
 
         A file still PROCESSING cannot be used (400 FAILED_PRECONDITION); FAILED is final.
@@ -200,24 +140,23 @@ class GeminiGateway:
         deadline = time.monotonic() + timeout_s
         pause_s = first_pause_s
         while True:
-            state = _enum_name(file.state)
-            if state in ("ACTIVE", ""):
+            if file.state in ("ACTIVE", ""):
                 return file
-            if state == "FAILED":
-                reason = file.error.message if file.error else "no reason given"
+            if file.state == "FAILED":
+                reason = file.error_message or "no reason given"
                 raise ModelRejected(f"Gemini could not process uploaded {file.name}: {reason}")
             if time.monotonic() + pause_s > deadline:
                 raise ModelUnavailable(
-                    f"uploaded {file.name} is still {state} after {timeout_s:.0f} s"
+                    f"uploaded {file.name} is still {file.state} after {timeout_s:.0f} s"
                 )
             time.sleep(pause_s)
             pause_s = min(pause_s * 2, 5.0)
-            file = self.get_file(file.name or "")
+            file = self.get_file(file.name)
 
     @staticmethod
     def _contents(images: Sequence[ImagePart], request: ModelRequest) -> list[Any]:
         # the guide: text after the image parts
-        return [*(part.to_sdk() for part in images), types.Part.from_text(text=request.prompt)]
+        return [*(_sdk_part(part) for part in images), types.Part.from_text(text=request.prompt)]
 
     @staticmethod
     def _config(
@@ -299,69 +238,22 @@ def _enum_name(value: Any) -> str:
     return str(getattr(value, "value", value))
 
 
-# --- error translation ------------------------------------------------------------------
-
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
-
-
-def translate_error(exc: BaseException) -> GvwError:
-    if isinstance(exc, GvwError):
-        return exc
-    if isinstance(exc, genai_errors.APIError):
-        return translate_api_error(exc.code, exc.status, exc.message, exc.details)
-    if isinstance(exc, httpx2.TimeoutException | TimeoutError):
-        return ModelUnavailable(f"Gemini request timed out: {exc.__class__.__name__}")
-    if isinstance(exc, httpx2.TransportError | ConnectionError):
-        return ModelUnavailable(f"cannot reach Gemini: {exc.__class__.__name__}: {exc}")
-    return ModelRejected(f"unexpected error calling Gemini: {exc.__class__.__name__}: {exc}")
+def _sdk_part(part: ImagePart) -> types.Part:
+    if part.file_uri is not None:
+        return types.Part.from_uri(file_uri=part.file_uri, mime_type=part.mime_type)
+    assert part.data is not None
+    return types.Part.from_bytes(data=part.data, mime_type=part.mime_type)
 
 
-def translate_api_error(
-    code: int | None, status: str | None, message: str | None, body: Any
-) -> GvwError:
-    error = _error_object(body)
-    raw_details = error.get("details")
-    details: list[Any] = raw_details if isinstance(raw_details, list) else []
-    msg = message or error.get("message") or ""
-    status = status or error.get("status") or ""
-    summary = f"Gemini {code} {status}: {msg}".strip()
-    if code == 429:
-        if _is_daily_quota(details, msg):
-            return QuotaExhausted(summary, http_status=code)
-        return ModelRateLimited(summary, retry_after_s=retry_delay_s(details), http_status=code)
-    if code is not None and (code >= 500 or code in (408,)):
-        return ModelUnavailable(summary, http_status=code)
-    return ModelRejected(summary, http_status=code, status=status)
-
-
-def _error_object(body: Any) -> Mapping[str, Any]:
-    if isinstance(body, list) and len(body) == 1:
-        body = body[0]
-    if isinstance(body, Mapping):
-        inner = body.get("error", body)
-        if isinstance(inner, Mapping):
-            return inner
-    return {}
-
-
-def retry_delay_s(details: Sequence[Any]) -> float | None:
-    """`google.rpc.RetryInfo.retryDelay` ("53s", "1.5s") in seconds, if the 429 carries one."""
-    for detail in details:
-        if isinstance(detail, Mapping) and str(detail.get("@type", "")).endswith("RetryInfo"):
-            match = _DURATION_RE.match(str(detail.get("retryDelay", "")))
-            if match:
-                return float(match.group(1))
-    return None
-
-
-def _is_daily_quota(details: Sequence[Any], message: str) -> bool:
-    """A per-day quota resets at midnight Pacific: retrying within minutes only burns calls."""
-    for detail in details:
-        if isinstance(detail, Mapping) and str(detail.get("@type", "")).endswith("QuotaFailure"):
-            for violation in detail.get("violations") or []:
-                if not isinstance(violation, Mapping):
-                    continue
-                quota_id = str(violation.get("quotaId", "")) + str(violation.get("quotaMetric", ""))
-                if "perday" in quota_id.lower().replace("_", "").replace("-", ""):
-                    return True
-    return "per day" in message.lower() and not details
+def _remote(file: types.File, *, size_bytes: int = 0, mime_type: str = "") -> RemoteFile:
+    """The SDK's File as the worker's own `RemoteFile` (what crosses the gateway)."""
+    return RemoteFile(
+        name=file.name or "",
+        uri=file.uri or "",
+        mime_type=file.mime_type or mime_type,
+        size_bytes=int(file.size_bytes or size_bytes),
+        state=_enum_name(file.state),
+        expires_at=file.expiration_time.timestamp() if file.expiration_time else None,
+        display_name=file.display_name or "",
+        error_message=file.error.message or "" if file.error else "",
+    )

@@ -14,11 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
-from google.genai import types
-
 from tasks.transport_plan import InlinePlanner, Transport
-from worker.file_cache import CachedFile, FileCache
-from worker.gemini import GeminiGateway, ImagePart
+from worker.gemini.file_cache import CachedFile, FileCache
+from worker.gemini.gateway import GeminiGateway
+from worker.gemini.records import ImagePart, RemoteFile
 from worker.images import PreparedImage
 from worker.observability import FILE_EVENTS
 
@@ -182,16 +181,15 @@ def _by_uri(entry: CachedFile) -> SentImage:
     return SentImage(ImagePart(entry.mime_type, file_uri=entry.uri), "file_api", entry)
 
 
-def _entry(image: PreparedImage, file: types.File) -> CachedFile:
+def _entry(image: PreparedImage, file: RemoteFile) -> CachedFile:
     now = time.time()
     # Gemini deletes uploads after 48 h; trust its expirationTime, assume 48 h without one
-    expires_at = file.expiration_time.timestamp() if file.expiration_time else now + 48 * 3600
     return CachedFile(
         sha256=image.sent_sha256,
-        name=file.name or "",
-        uri=file.uri or "",
+        name=file.name,
+        uri=file.uri,
         mime_type=file.mime_type or image.mime_type,
-        size_bytes=int(file.size_bytes or len(image.data)),
-        expires_at=expires_at,
+        size_bytes=file.size_bytes or len(image.data),
+        expires_at=file.expires_at if file.expires_at is not None else now + 48 * 3600,
         uploaded_at=now,
     )

@@ -1,0 +1,58 @@
+"""What crosses the gateway: the worker's own small types, never the SDK's.
+
+`ImagePart` is one image of a request, `ModelAnswer` what came back, `RemoteFile` a File
+API upload as the rest of the worker needs to know it (no `google.genai.types.File`
+leaves `worker.gemini`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ImagePart:
+    """One image of a request: inline bytes or a File API URI."""
+
+    mime_type: str
+    data: bytes | None = None
+    file_uri: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    thoughts_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class ModelAnswer:
+    text: str
+    finish_reason: str
+    usage: TokenUsage
+    model_version: str | None = None
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    temperature: float | None = None
+    thinking_budget: int | None = None
+    max_output_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A File API upload: its name (``files/abc``), URI, type, size, processing state
+    (``PROCESSING``, ``ACTIVE``, ``FAILED``; "" when not reported) and when Gemini deletes
+    it (epoch seconds; None when not reported)."""
+
+    name: str
+    uri: str
+    mime_type: str
+    size_bytes: int
+    state: str
+    expires_at: float | None
+    display_name: str = ""
+    error_message: str = ""
