@@ -34,8 +34,9 @@ from worker.observability import (
     configure_logging,
     start_metrics_server,
 )
-from worker.pipeline import Outcome, Ports, job_fingerprint, publish_error, run
+from worker.pipeline import Ports, job_fingerprint, publish_error, run
 from worker.producer import QUEUE, TASK_NAME
+from worker.records import Outcome
 from worker.remote_control import restrict_remote_control
 from worker.retry_policy import RetryPolicy
 from worker.settings import Settings, get_settings

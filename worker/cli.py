@@ -261,18 +261,18 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _print_record(record: dict[str, Any], *, as_json: bool) -> int:
-    failed = record.get("status") != "succeeded"
+    from worker.records import ErrorRecord, read_record
+
+    typed = read_record(json.dumps(record).encode())
     if as_json:
         print(json.dumps(record, indent=2, ensure_ascii=False))
-    elif failed:
-        err = record.get("error", {})
-        print(f"{record.get('job_id')}: failed: {err.get('code')}: {err.get('message')}")
+    elif isinstance(typed, ErrorRecord):
+        print(f"{typed.job_id}: failed: {typed.error.code}: {typed.error.message}")
     else:
-        print(f"{record.get('job_id')}: succeeded ({record.get('task')}, {record.get('model')})")
-        print(json.dumps(record.get("output"), indent=2, ensure_ascii=False)[:4000])
-    if failed:
-        err = record.get("error", {})
-        _fail(f"job failed: {err.get('code')}: {err.get('message')}")
+        print(f"{typed.job_id}: succeeded ({typed.task}, {typed.model})")
+        print(json.dumps(typed.output, indent=2, ensure_ascii=False)[:4000])
+    if isinstance(typed, ErrorRecord):
+        _fail(f"job failed: {typed.error.code}: {typed.error.message}")
         return EXIT_FAILED
     return EXIT_OK
 

@@ -22,6 +22,7 @@ from tasks.errors import GvwError
 from worker.jobs import new_job_id, parse_job
 from worker.layout import error_uri, result_uri
 from worker.producer import QUEUE, send_job
+from worker.records import ErrorRecord, ResultRecord, read_record
 from worker.settings import Settings, get_settings
 from worker.storage import StoreRouter
 from worker.storage.uris import Role, parse_uri
@@ -82,14 +83,26 @@ class VisionClient:
         return send_job(data, broker_url=self._broker_url)
 
     def result(self, job_id: str, *, output: str | None = None) -> dict[str, Any] | None:
-        """result.json, or error.json for a failed job, or None while there is neither."""
+        """result.json, or error.json for a failed job, as stored; None while there is
+        neither."""
+        found = self._stored(job_id, output)
+        return dict(json.loads(found[1])) if found is not None else None
+
+    def record(
+        self, job_id: str, *, output: str | None = None
+    ) -> ResultRecord | ErrorRecord | None:
+        """The job's record, typed (`ResultRecord` or `ErrorRecord`); None while there is
+        neither."""
+        found = self._stored(job_id, output)
+        return read_record(found[1]) if found is not None else None
+
+    def _stored(self, job_id: str, output: str | None) -> tuple[str, bytes] | None:
         for uri in (
             result_uri(job_id, output, self._settings),
             error_uri(job_id, output, self._settings),
         ):
             if self._stores.exists(uri):
-                record = json.loads(self._stores.get_bytes(uri, max_bytes=_MAX_RECORD_BYTES))
-                return dict(record)
+                return uri, self._stores.get_bytes(uri, max_bytes=_MAX_RECORD_BYTES)
         return None
 
     def status(self, job_id: str, *, output: str | None = None) -> JobStatus:
@@ -107,8 +120,9 @@ class VisionClient:
             if self._stores.exists(uri):
                 if uri.endswith("result.json"):
                     return JobStatus(job_id, "succeeded", uri)
-                record = json.loads(self._stores.get_bytes(uri, max_bytes=_MAX_RECORD_BYTES))
-                return JobStatus(job_id, "failed", uri, record.get("error", {}).get("code"))
+                record = read_record(self._stores.get_bytes(uri, max_bytes=_MAX_RECORD_BYTES))
+                code = record.error.code if isinstance(record, ErrorRecord) else None
+                return JobStatus(job_id, "failed", uri, code)
         return None
 
     def wait(

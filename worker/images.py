@@ -43,6 +43,7 @@ from PIL import Image, ImageFile, ImageOps
 
 from tasks.base import ImageSize
 from tasks.errors import InvalidImage, TooLarge
+from worker.records import ImageRecord
 
 # 70 MP: every common camera (64 MP phone sensors, 61 MP full-frame bodies) passes, and
 # it stays below Pillow's own bomb threshold (Image.MAX_IMAGE_PIXELS, 89,478,485), so for
@@ -163,19 +164,18 @@ class ImageFacts:
     def size(self) -> ImageSize:
         return ImageSize(self.width_px, self.height_px)
 
-    def record(self, transport: str) -> dict[str, Any]:
+    def record(self, transport: str) -> ImageRecord:
         """The entry of result.json's `images`."""
-        return {
-            "uri": self.uri,
-            "sha256": self.sha256,
-            "mime_type": self.mime_type,
-            "width": self.width_px,
-            "height": self.height_px,
-            "transport": transport,
-            # what the model saw, when a reduced copy was sent (segment)
-            "sent_width": self.sent_width_height_px[0],
-            "sent_height": self.sent_width_height_px[1],
-        }
+        return ImageRecord(
+            uri=self.uri,
+            sha256=self.sha256,
+            mime_type=self.mime_type,
+            width=self.width_px,
+            height=self.height_px,
+            transport=transport,
+            sent_width=self.sent_width_height_px[0],
+            sent_height=self.sent_width_height_px[1],
+        )
 
 
 def fit_within(image: PreparedImage, max_side_px: int) -> PreparedImage:

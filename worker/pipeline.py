@@ -17,12 +17,11 @@ references only its own.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tasks import registry
@@ -57,14 +56,17 @@ from worker.layout import ERROR_NAME, RESULT_NAME, job_folder
 from worker.observability import DEAD_LETTERS, MODEL_CALLS, STAGE_SECONDS, TOKENS
 from worker.ratelimit import RateLimiter
 from worker.records import (
+    ErrorRecord,
+    Outcome,
+    ResultRecord,
+    Usage,
     bounded_output,
     error_record,
-    json_bytes,
-    result_record,
+    read_record,
     shrink_for_redis,
 )
 from worker.settings import Settings
-from worker.storage import StoreRouter, get_json, join_uri
+from worker.storage import StoreRouter, join_uri
 from worker.storage.uris import check_allowed
 
 log = logging.getLogger(__name__)
@@ -95,23 +97,6 @@ class Ports:
             inline_max_bytes=self.settings.gvw_inline_max_bytes,
             active_timeout_s=self.settings.gvw_file_active_timeout_s,
         )
-
-
-@dataclass
-class Outcome:
-    job_id: str
-    status: str  # "succeeded" | "failed"
-    record_uri: str
-    already_done: bool = False
-    timings_s: dict[str, float] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id,
-            "status": self.status,
-            "uri": self.record_uri,
-            "already_done": self.already_done,
-        }
 
 
 class StageTimer:
@@ -213,11 +198,15 @@ def _finished(ports: Ports, job_id: str, folder: str, fingerprint: str) -> Outco
     uri = result_uri if has_result else error_uri
     # the records say which job they belong to: another job under the same id (in the
     # same folder) must not pass for this one, nor read them
-    record = get_json(ports.stores, uri, max_bytes=RECORD_READ_MAX_BYTES)
-    owner = record.get("fingerprint") if isinstance(record, dict) else None
+    owner = read_record(ports.stores.get_bytes(uri, max_bytes=RECORD_READ_MAX_BYTES)).fingerprint
     if owner is not None and owner != fingerprint:  # records older than fingerprints: ours
         raise JobIdConflict(job_id, holder_folder=folder)
-    return Outcome(job_id, "succeeded" if has_result else "failed", uri, already_done=True)
+    return Outcome(
+        job_id=job_id,
+        status="succeeded" if has_result else "failed",
+        record_uri=uri,
+        already_done=True,
+    )
 
 
 def _run_locked(
@@ -311,43 +300,51 @@ def _run_locked(
             job, ports, folder, attempt_id, [first] if first else [], parsed, written
         )
         estimated = sum(estimate_image_tokens(*f.sent_width_height_px) for f in facts)
-        record = result_record(
+        record = ResultRecord(
             job_id=job.job_id,
             task=job.task,
             model=model,
             model_version=answer.model_version,
-            finish_reason=answer.finish_reason,
             images=[f.record(t) for f, t in zip(facts, transports, strict=True)],
             output=parsed.output,
             artifacts=artifacts,
-            usage={
-                "prompt_tokens": answer.usage.prompt_tokens,
-                "output_tokens": answer.usage.output_tokens,
-                "total_tokens": answer.usage.total_tokens,
-                "thoughts_tokens": answer.usage.thoughts_tokens,
-                "estimated_image_tokens": estimated,
-            },
+            usage=Usage(
+                prompt_tokens=answer.usage.prompt_tokens,
+                output_tokens=answer.usage.output_tokens,
+                total_tokens=answer.usage.total_tokens,
+                thoughts_tokens=answer.usage.thoughts_tokens,
+                estimated_image_tokens=estimated,
+            ),
             warnings=[
                 *(f"image {i}: {w}" for i, f in enumerate(facts) for w in f.decoder_warnings),
                 *parsed.warnings,
             ],
-            timings_s=timer.seconds,
+            timings_ms={k: round(v * 1000, 1) for k, v in timer.seconds.items()},
             attempt=attempt,
             attempt_id=attempt_id,
+            finish_reason=answer.finish_reason,
             fingerprint=fingerprint,
         )
         result_uri = join_uri(folder, RESULT_NAME)
-        created = ports.stores.create_exclusive(result_uri, json_bytes(record), content_type=_JSON)
+        created = ports.stores.create_exclusive(
+            result_uri, record.to_json_bytes(), content_type=_JSON
+        )
         # committed (by us or a racing attempt): the paid answer has done its job
         ports.answers.forget(job.job_id)
         if not created:
             # Another attempt committed first: its result stands, ours is discarded.
             _delete_quietly(ports, written)
             return Outcome(
-                job.job_id, "succeeded", result_uri, already_done=True, timings_s=timer.seconds
+                job_id=job.job_id,
+                status="succeeded",
+                record_uri=result_uri,
+                already_done=True,
+                timings_s=timer.seconds,
             )
     log.info("job committed", extra={"job_id": job.job_id, "task": job.task, "uri": result_uri})
-    return Outcome(job.job_id, "succeeded", result_uri, timings_s=timer.seconds)
+    return Outcome(
+        job_id=job.job_id, status="succeeded", record_uri=result_uri, timings_s=timer.seconds
+    )
 
 
 def _ask(
@@ -496,7 +493,9 @@ def publish_error(
     log.warning(
         "job failed", extra={"job_id": job_id, "code": error.code, "error_message": error.message}
     )
-    return _write_error_record(ports, job_id, folder, fingerprint, json_bytes(record), error.code)
+    return _write_error_record(
+        ports, job_id, folder, fingerprint, record.to_json_bytes(), error.code
+    )
 
 
 def publish_pending_record(ports: Ports, job_id: str, folder: str) -> Outcome:
@@ -504,11 +503,16 @@ def publish_pending_record(ports: Ports, job_id: str, folder: str) -> Outcome:
     down when it failed); the job itself is not run again."""
     data = ports.deliveries.pending_record(job_id)
     if data is None:  # written meanwhile by another delivery
-        return Outcome(job_id, "failed", join_uri(folder, ERROR_NAME), already_done=True)
-    record = json.loads(data)
+        return Outcome(
+            job_id=job_id,
+            status="failed",
+            record_uri=join_uri(folder, ERROR_NAME),
+            already_done=True,
+        )
+    record = ErrorRecord.model_validate_json(data)
     log.info("writing the error record kept while storage was down", extra={"job_id": job_id})
     return _write_error_record(
-        ports, job_id, folder, record.get("fingerprint", ""), data, record["error"]["code"]
+        ports, job_id, folder, record.fingerprint or "", data, record.error.code
     )
 
 
@@ -528,11 +532,11 @@ def _write_error_record(
         ) from err
     ports.deliveries.mark_recorded(job_id)
     DEAD_LETTERS.labels(code).inc()
-    return Outcome(job_id, "failed", uri)
+    return Outcome(job_id=job_id, status="failed", record_uri=uri)
 
 
 def _refuse_reused_id(
-    ports: Ports, job_id: str, folder: str, error: JobIdConflict, record: dict[str, Any]
+    ports: Ports, job_id: str, folder: str, error: JobIdConflict, record: ErrorRecord
 ) -> Outcome:
     log.warning(
         "job refused: job_id already used by a different job",
@@ -541,9 +545,9 @@ def _refuse_reused_id(
     uri = join_uri(folder, ERROR_NAME)
     if error.holder_folder is None or error.holder_folder == folder:
         # the id's folder is the other job's: nothing of ours may be written there
-        return Outcome(job_id, "failed", "")
-    ports.stores.create_exclusive(uri, json_bytes(record), content_type=_JSON)
-    return Outcome(job_id, "failed", uri)
+        return Outcome(job_id=job_id, status="failed", record_uri="")
+    ports.stores.create_exclusive(uri, record.to_json_bytes(), content_type=_JSON)
+    return Outcome(job_id=job_id, status="failed", record_uri=uri)
 
 
 def job_fingerprint(job: Job, settings: Settings) -> str:

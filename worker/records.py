@@ -15,15 +15,19 @@ it has a size limit enforced here, before it costs storage or Redis memory:
     the error record kept in Redis     PENDING_RECORD_MAX_BYTES       raw_text cut to fit
       while storage is down
 
-Records are JSON as CONTRACT.md describes; `result_record` and `error_record` build them.
+Records are typed (`ResultRecord`, `ErrorRecord`), written by the pipeline and read by
+every reader (`read_record`: the client, the CLI, the demo), and their JSON is what
+CONTRACT.md describes: the models keep the contract's field order, and read records of
+every earlier version.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.base import TaskOutput
 from tasks.errors import GvwError, ModelOutputInvalid
@@ -169,6 +173,108 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+class RecordModel(BaseModel):
+    """A record as written to storage: fields in the contract's order; readers accept
+    the fields of later versions (extra) and records older than `fingerprint`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    def to_json_bytes(self) -> bytes:
+        return json_bytes(self.model_dump(mode="json"))
+
+
+class ImageRecord(RecordModel):
+    uri: str
+    sha256: str
+    mime_type: str
+    width: int
+    height: int
+    transport: str
+    # what the model saw, when a reduced copy was sent (segment)
+    sent_width: int | None = None
+    sent_height: int | None = None
+
+
+class Usage(RecordModel):
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    thoughts_tokens: int = 0
+    estimated_image_tokens: int = 0
+
+
+class ResultRecord(RecordModel):
+    """result.json (CONTRACT.md "Results")."""
+
+    schema_version: int = SCHEMA_VERSION
+    job_id: str
+    task: str
+    status: Literal["succeeded"] = "succeeded"
+    model: str
+    model_version: str | None = None
+    images: list[ImageRecord]
+    output: dict[str, Any]
+    artifacts: dict[str, str] = Field(default_factory=dict)
+    usage: Usage = Field(default_factory=Usage)
+    warnings: list[str] = Field(default_factory=list)
+    # the worker's own time by stage in this attempt ("publish" is still running)
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+    attempt: int = 1
+    attempt_id: str = ""
+    finish_reason: str = ""
+    completed_at: str = Field(default_factory=now_iso)
+    fingerprint: str | None = None
+
+
+class ErrorDetail(RecordModel):
+    """error.json's `error`: the code, the message, and the error's own details."""
+
+    code: str
+    message: str
+    retryable: bool = False
+
+
+class ErrorRecord(RecordModel):
+    """error.json (CONTRACT.md "Results")."""
+
+    schema_version: int = SCHEMA_VERSION
+    job_id: str
+    task: str | None = None
+    status: Literal["failed"] = "failed"
+    error: ErrorDetail
+    attempts: int = 1
+    failed_at: str = Field(default_factory=now_iso)
+    # what identifies the job this id was used for (a reuse by another job is refused)
+    fingerprint: str | None = None
+    job: Any = None
+
+
+class Outcome(BaseModel):
+    """How one run of the task ended: what the task returns to Celery (`as_dict`)."""
+
+    job_id: str
+    status: Literal["succeeded", "failed"]
+    record_uri: str
+    already_done: bool = False
+    timings_s: dict[str, float] = Field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "status": self.status,
+            "uri": self.record_uri,
+            "already_done": self.already_done,
+        }
+
+
+def read_record(data: bytes) -> ResultRecord | ErrorRecord:
+    """A result.json or error.json as written by any version of the worker."""
+    raw = json.loads(data)
+    if isinstance(raw, dict) and raw.get("status") == "succeeded":
+        return ResultRecord.model_validate(raw)
+    return ErrorRecord.model_validate(raw)
+
+
 def error_record(
     *,
     job_id: str,
@@ -177,79 +283,37 @@ def error_record(
     attempts: int,
     fingerprint: str,
     job: Any,
-) -> dict[str, Any]:
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "job_id": job_id,
-        "task": task,
-        "status": "failed",
-        "error": bounded_error(error),
-        "attempts": attempts,
-        "failed_at": now_iso(),
-        # what identifies the job this id was used for (a reuse by another job is refused)
-        "fingerprint": fingerprint,
-        "job": summarize_job(job),
-    }
+) -> ErrorRecord:
+    return ErrorRecord(
+        job_id=job_id,
+        task=task,
+        error=ErrorDetail.model_validate(bounded_error(error)),
+        attempts=attempts,
+        fingerprint=fingerprint,
+        job=summarize_job(job),
+    )
 
 
-def shrink_for_redis(record: dict[str, Any]) -> bytes:
+def shrink_for_redis(record: ErrorRecord) -> bytes:
     """The record as kept in the dead-letter index until storage takes it: within
     `PENDING_RECORD_MAX_BYTES`, raw_text cut further where needed (and marked so)."""
-    data = json_bytes(record)
+    data = record.to_json_bytes()
     if len(data) <= PENDING_RECORD_MAX_BYTES:
         return data
-    error = dict(record["error"])
+    error = record.error.model_dump(mode="json")
     raw = error.get("raw_text")
     if isinstance(raw, str):
         keep = max(0, PENDING_RECORD_MAX_BYTES // 2 - 1024)
         error["raw_text"] = raw[:keep]
         error["raw_text_cut"] = True
         error.setdefault("raw_text_chars", len(raw))
-    shrunk = {**record, "error": error}
-    data = json_bytes(shrunk)
+    shrunk = record.model_copy(update={"error": ErrorDetail.model_validate(error)})
+    data = shrunk.to_json_bytes()
     if len(data) > PENDING_RECORD_MAX_BYTES:
-        data = json_bytes({**shrunk, "job": summarize_job(None), "error": _minimal(error)})
+        minimal = ErrorDetail.model_validate(_minimal(error))
+        data = shrunk.model_copy(update={"job": None, "error": minimal}).to_json_bytes()
     return data
 
 
 def _minimal(error: dict[str, Any]) -> dict[str, Any]:
     return {k: error[k] for k in ("code", "message", "retryable") if k in error}
-
-
-def result_record(
-    *,
-    job_id: str,
-    task: str,
-    model: str,
-    model_version: str | None,
-    finish_reason: str,
-    images: Sequence[dict[str, Any]],
-    output: dict[str, Any],
-    artifacts: dict[str, str],
-    usage: dict[str, int],
-    warnings: list[str],
-    timings_s: dict[str, float],
-    attempt: int,
-    attempt_id: str,
-    fingerprint: str,
-) -> dict[str, Any]:
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "job_id": job_id,
-        "task": task,
-        "status": "succeeded",
-        "model": model,
-        "model_version": model_version,
-        "images": list(images),
-        "output": output,
-        "artifacts": artifacts,
-        "usage": usage,
-        "warnings": warnings,
-        # the worker's own time by stage in this attempt ("publish" is still running)
-        "timings_ms": {k: round(v * 1000, 1) for k, v in timings_s.items()},
-        "attempt": attempt,
-        "attempt_id": attempt_id,
-        "finish_reason": finish_reason,
-        "completed_at": now_iso(),
-        "fingerprint": fingerprint,
-    }
