@@ -98,7 +98,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 app = Celery("gvw")
-app.conf.update(celery_config(get_settings()))
+# read when Celery first needs its configuration (a worker starting, a task sent), not
+# when this module is imported: importing the app reads no environment
+app.add_defaults(lambda: celery_config(get_settings()))
 
 
 @signals.setup_logging.connect
@@ -144,7 +146,12 @@ def _init_worker(sender: Any = None, **_: Any) -> None:
     # producers share the broker: only read-only control commands are obeyed
     restrict_remote_control()
     runtime.init_process(warm=_pool_runs_jobs_here(getattr(sender, "pool_cls", None)))
-    start_metrics_server(get_settings().gvw_metrics_port)
+    settings = runtime.settings()
+    start_metrics_server(
+        settings.gvw_metrics_port,
+        addr=settings.gvw_metrics_addr,
+        multiproc_dir=settings.prometheus_multiproc_dir,
+    )
 
 
 def startup_problem(settings: Settings) -> str | None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from typing import Any
@@ -42,23 +41,20 @@ DEAD_LETTERS = Counter("gvw_dead_letters_total", "Jobs that ended in error.json"
 _server_started = False
 
 
-def start_metrics_server(port: int) -> None:
-    """Serve /metrics on `port` (once per process); 0 disables it."""
+def start_metrics_server(port: int, *, addr: str, multiproc_dir: str | None) -> None:
+    """Serve /metrics on `addr`:`port` (once per process); port 0 disables it. With
+    `multiproc_dir` (prefork), the samples of every child written there are summed."""
     global _server_started
     if port <= 0 or _server_started:
         return
-    registry: CollectorRegistry | None = None
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if multiproc_dir:
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-    if registry is None:
-        start_http_server(port, addr=os.environ.get("GVW_METRICS_ADDR", "0.0.0.0"))
+        multiprocess.MultiProcessCollector(registry, path=multiproc_dir)
+        start_http_server(port, addr=addr, registry=registry)
     else:
-        start_http_server(
-            port, addr=os.environ.get("GVW_METRICS_ADDR", "0.0.0.0"), registry=registry
-        )
+        start_http_server(port, addr=addr)
     _server_started = True
 
 

@@ -83,8 +83,15 @@ class Settings(BaseSettings):
     gvw_job_id_ttl_s: int = Field(default=24 * 3600, ge=60)
     # Models a job may name, comma-separated (empty: any). GVW_MODEL is always allowed.
     gvw_allowed_models: str = ""
-    # Prometheus /metrics per worker process (0 = off)
+    # Prometheus /metrics per worker process (0 = off), on this address
     gvw_metrics_port: int = Field(default=0, ge=0, le=65535)
+    gvw_metrics_addr: str = "0.0.0.0"
+    # prefork pool: children write their samples here, the main process serves the sum
+    # (prometheus_client's own variable, read here so the settings say everything)
+    prometheus_multiproc_dir: str | None = None
+    # the bridge: its rules (a file path or inline JSON) and its webhook's shared secret
+    gvw_bridge_rules: str | None = None
+    gvw_bridge_token: SecretStr | None = None
     gvw_log_level: str = "INFO"
     # "text": readable lines (a terminal); "json": one JSON object a line (log pipelines)
     gvw_log_format: Literal["text", "json"] = "text"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import threading
@@ -95,22 +94,27 @@ def add_source_parsers(parser: argparse.ArgumentParser) -> None:
 def run_bridge(args: argparse.Namespace) -> int:
     from worker.bridge.dispatch import CeleryJobSender, Dispatcher
     from worker.bridge.rules import DEFAULT_RULES, RulesError, load_rules
+    from worker.settings import get_settings
 
-    _configure_logging()
-    source = args.rules or os.environ.get(RULES_ENV)
+    settings = get_settings()  # the bridge's composition root: the environment, once
+    _configure_logging(settings.gvw_log_level, settings.gvw_log_format)
+    source = args.rules or settings.gvw_bridge_rules
     try:
         rules = load_rules(source) if source else DEFAULT_RULES
     except RulesError as exc:
         return _fail(str(exc), EXIT_USAGE)
     # The workers write results to GVW_RESULTS_URI; the bridge must never analyse them.
     dispatcher = Dispatcher(
-        rules, CeleryJobSender(), results_uri=os.environ.get("GVW_RESULTS_URI") or None
+        rules,
+        CeleryJobSender(settings.celery_broker_url),
+        results_uri=settings.gvw_results_uri or None,
     )
     stop = threading.Event()
     with _stop_on_signals(stop):
         if args.bridge_source == "sqs":
             return _run_sqs(args, dispatcher, stop)
-        return _run_webhook(args, dispatcher, stop)
+        token = settings.gvw_bridge_token.get_secret_value() if settings.gvw_bridge_token else None
+        return _run_webhook(args, dispatcher, stop, token or None)
 
 
 def _run_sqs(args: argparse.Namespace, dispatcher: Any, stop: threading.Event) -> int:
@@ -138,13 +142,13 @@ def _run_sqs(args: argparse.Namespace, dispatcher: Any, stop: threading.Event) -
     return EXIT_OK
 
 
-def _run_webhook(args: argparse.Namespace, dispatcher: Any, stop: threading.Event) -> int:
-    from worker.bridge.webhook import TOKEN_ENV, serve_webhook
+def _run_webhook(
+    args: argparse.Namespace, dispatcher: Any, stop: threading.Event, token: str | None
+) -> int:
+    from worker.bridge.webhook import serve_webhook
 
     try:
-        serve_webhook(
-            args.host, args.port, dispatcher, token=os.environ.get(TOKEN_ENV) or None, stop=stop
-        )
+        serve_webhook(args.host, args.port, dispatcher, token=token, stop=stop)
     except (ValueError, OSError) as exc:  # exposure refused, port taken
         return _fail(str(exc), EXIT_USAGE)
     return EXIT_OK
@@ -171,12 +175,10 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, handler or signal.SIG_DFL)
 
 
-def _configure_logging() -> None:
+def _configure_logging(level: str, fmt: str) -> None:
     from worker.observability import configure_logging
 
-    configure_logging(
-        os.environ.get("GVW_LOG_LEVEL", "INFO"), fmt=os.environ.get("GVW_LOG_FORMAT", "text")
-    )
+    configure_logging(level, fmt=fmt)
 
 
 def _fail(reason: str, status: int) -> int:
