@@ -29,7 +29,8 @@ from tests.harness import free_port, wait_until
 def run_case(root: Path, base_url: str, count: int) -> None:
     """In the child process: one job of `count` copies of the image; print the peak."""
     from worker.jobs import parse_job
-    from worker.pipeline import StageTimer, run
+    from worker.observability import StageTimer
+    from worker.pipeline import run
     from worker.runtime import build_ports
     from worker.settings import Settings
 

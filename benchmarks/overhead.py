@@ -24,7 +24,8 @@ from PIL import Image
 from worker.emulator.scenes import make_scene
 from worker.emulator.server import EmulatorServer
 from worker.jobs import parse_job
-from worker.pipeline import StageTimer, run
+from worker.observability import StageTimer
+from worker.pipeline import run
 from worker.runtime import build_ports
 from worker.settings import Settings
 

@@ -26,6 +26,7 @@ from tasks.errors import (
     WorkerLost,
 )
 from worker import runtime
+from worker.failures import job_fingerprint, publish_error
 from worker.jobs import JOB_ID_PATTERN, new_job_id, parse_job, salvage_identity
 from worker.message_guard import task_label
 from worker.observability import (
@@ -34,7 +35,8 @@ from worker.observability import (
     configure_logging,
     start_metrics_server,
 )
-from worker.pipeline import Ports, job_fingerprint, publish_error, run
+from worker.pipeline import run
+from worker.ports import Ports
 from worker.producer import QUEUE, TASK_NAME
 from worker.records import Outcome
 from worker.remote_control import restrict_remote_control

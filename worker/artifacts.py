@@ -15,7 +15,13 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from tasks.base import TaskOutput
 from tasks.masks import BoxMask
+from tasks.rle import encode_box_mask_rle
+from worker.images import PreparedImage
+from worker.jobs import Job
+from worker.ports import Stores
+from worker.storage import join_uri
 
 # Distinct, colour-blind-friendly-ish hues (Okabe-Ito order), cycled per object.
 _PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -128,3 +134,48 @@ def _font(size_px: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 def _ink(background: tuple[int, int, int]) -> tuple[int, int, int]:
     r, g, b = background
     return (0, 0, 0) if (299 * r + 587 * g + 114 * b) / 1000 > 128 else (255, 255, 255)
+
+
+# Tasks whose output objects carry pixel boxes on the first image get an overlay.
+OVERLAY_TASKS = frozenset({"detect", "segment"})
+
+
+def write_artifacts(
+    job: Job,
+    stores: Stores,
+    overlay_max_side_px: int,
+    folder: str,
+    attempt_id: str,
+    prepared: Sequence[PreparedImage],
+    parsed: TaskOutput,
+    written: list[str],
+) -> dict[str, str]:
+    """Mask PNGs and the overlay of the first image (``prepared[0]``, with its pixels),
+    under this attempt's own folder. Mask entries are added to
+    `parsed.output["objects"]` (uri, area, COCO RLE)."""
+    artifacts: dict[str, str] = {}
+    objects = parsed.output.get("objects")
+    if job.task not in OVERLAY_TASKS or not isinstance(objects, list) or not prepared:
+        return artifacts
+    base = join_uri(folder, "attempts", attempt_id)
+    image = prepared[0]
+    if image.upright is None:
+        raise ValueError("the overlay's image was prepared without its pixels")
+    masks: list[BoxMask | None] = list(parsed.masks or [None] * len(objects))
+    for index, (obj, mask) in enumerate(zip(objects, masks, strict=True)):
+        if mask is None:
+            continue
+        # names come from the index and a slug, never from the raw label
+        uri = join_uri(base, "masks", f"{index:03d}-{slug(str(obj.get('label', '')))}.png")
+        png = encode_mask_png(mask, image.width_px, image.height_px)
+        stores.put_bytes(uri, png, content_type="image/png")
+        written.append(uri)
+        obj["mask"] = uri
+        obj["mask_area"] = mask.area_px()
+        obj["mask_rle"] = encode_box_mask_rle(mask, image.width_px, image.height_px)
+    png = render_overlay_png(image.upright, objects, masks=masks, max_side_px=overlay_max_side_px)
+    uri = join_uri(base, "overlay.png")
+    stores.put_bytes(uri, png, content_type="image/png")
+    written.append(uri)
+    artifacts["overlay"] = uri
+    return artifacts

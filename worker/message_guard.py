@@ -138,8 +138,8 @@ def _record(job_id: str | None, job: Any, problem: str) -> None:
     if job_id is None:
         return  # nothing to key a dead letter or an error record by
     from worker import runtime
+    from worker.failures import publish_error
     from worker.jobs import salvage_identity
-    from worker.pipeline import publish_error
 
     _, output = salvage_identity(job)
     try:

@@ -58,6 +58,29 @@ def start_metrics_server(port: int, *, addr: str, multiproc_dir: str | None) -> 
     _server_started = True
 
 
+class StageTimer:
+    """Wall time per stage, for logs and benchmarks/overhead.py."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def stage(self, name: str) -> _Stage:
+        return _Stage(self, name)
+
+
+class _Stage:
+    def __init__(self, timer: StageTimer, name: str) -> None:
+        self._timer, self._name, self._start = timer, name, 0.0
+
+    def __enter__(self) -> None:
+        self._start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        elapsed = time.perf_counter() - self._start
+        self._timer.seconds[self._name] = self._timer.seconds.get(self._name, 0.0) + elapsed
+        STAGE_SECONDS.labels(self._name).observe(elapsed)
+
+
 # --- logs ------------------------------------------------------------------------------------
 
 # LogRecord attributes that are not context a caller passed with `extra=`

@@ -21,11 +21,10 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import replace
 
 from tasks import registry
-from tasks.base import ModelRequest, TaskOutput
+from tasks.base import ModelRequest
 from tasks.errors import (
     FileNotActive,
     FileUriRejected,
@@ -35,38 +34,27 @@ from tasks.errors import (
     JobIdConflict,
     ModelOutputInvalid,
     ModelRateLimited,
-    RecordNotWritten,
-    RetryableError,
     WorkerLost,
 )
-from tasks.masks import BoxMask
-from tasks.rle import encode_box_mask_rle
 from tasks.tokens import estimate_image_tokens
-from worker.answer_store import AnswerStore
-from worker.artifacts import encode_mask_png, render_overlay_png, slug
-from worker.deliveries import Deliveries
-from worker.gemini import GeminiGateway, GenerationOptions, ModelAnswer
-from worker.gemini.file_cache import FileCache
-from worker.gemini.transport import ImageSender, RequestImages, SentImage
+from worker.artifacts import OVERLAY_TASKS, write_artifacts
+from worker.failures import publish_pending_record
+from worker.gemini import GenerationOptions, ModelAnswer
+from worker.gemini.transport import RequestImages, SentImage
 from worker.images import ImageFacts, PreparedImage, fit_within, prepare_image
-from worker.job_claims import JobClaims
-from worker.job_locks import JobLocks
-from worker.jobs import Job, raw_fingerprint
-from worker.layout import ERROR_NAME, RESULT_NAME, job_folder
-from worker.observability import DEAD_LETTERS, MODEL_CALLS, STAGE_SECONDS, TOKENS
-from worker.ratelimit import RateLimiter
+from worker.jobs import Job
+from worker.layout import RESULT_NAME, job_folder
+from worker.observability import MODEL_CALLS, TOKENS, StageTimer
+from worker.ports import Ports
+from worker.record_store import JSON_TYPE, finished
 from worker.records import (
-    ErrorRecord,
     Outcome,
     ResultRecord,
     Usage,
     bounded_output,
-    error_record,
-    read_record,
-    shrink_for_redis,
 )
 from worker.settings import Settings
-from worker.storage import StoreRouter, join_uri
+from worker.storage import join_uri
 from worker.storage.uris import check_allowed
 
 log = logging.getLogger(__name__)
@@ -74,52 +62,6 @@ log = logging.getLogger(__name__)
 _JSON = "application/json"
 # A record is read back only to see whose it is (its fingerprint); none is near this.
 RECORD_READ_MAX_BYTES = 64_000_000
-
-
-@dataclass
-class Ports:
-    """Everything a job touches, built once per process (see `worker.runtime`)."""
-
-    settings: Settings
-    stores: StoreRouter
-    gemini: GeminiGateway
-    locks: JobLocks
-    files: FileCache
-    limiter: RateLimiter
-    deliveries: Deliveries
-    answers: AnswerStore
-    claims: JobClaims
-
-    def sender(self) -> ImageSender:
-        return ImageSender(
-            self.gemini,
-            self.files,
-            inline_max_bytes=self.settings.gvw_inline_max_bytes,
-            active_timeout_s=self.settings.gvw_file_active_timeout_s,
-        )
-
-
-class StageTimer:
-    """Wall time per stage, for logs and benchmarks/overhead.py."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    def stage(self, name: str) -> _Stage:
-        return _Stage(self, name)
-
-
-class _Stage:
-    def __init__(self, timer: StageTimer, name: str) -> None:
-        self._timer, self._name, self._start = timer, name, 0.0
-
-    def __enter__(self) -> None:
-        self._start = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        elapsed = time.perf_counter() - self._start
-        self._timer.seconds[self._name] = self._timer.seconds.get(self._name, 0.0) + elapsed
-        STAGE_SECONDS.labels(self._name).observe(elapsed)
 
 
 def run(
@@ -156,7 +98,7 @@ def run(
             raise JobBusy(f"job {job.job_id} is running on another worker")
         # Checked under the lock (once: S3 requests are most of a job's own cost): a
         # committed or failed job finishes here, without fetching or calling the model.
-        done = _finished(ports, job.job_id, folder, fingerprint)
+        done = finished(ports.stores, job.job_id, folder, fingerprint)
         if done is not None:
             return done
         # Runs that took the lock and never ended, counted here and per job: a delivery
@@ -188,27 +130,6 @@ def check_model_allowed(model: str | None, settings: Settings) -> None:
         )
 
 
-def _finished(ports: Ports, job_id: str, folder: str, fingerprint: str) -> Outcome | None:
-    result_uri = join_uri(folder, RESULT_NAME)
-    error_uri = join_uri(folder, ERROR_NAME)
-    # both at once: almost every job is new, and then both lookups must be made
-    has_result, has_error = ports.stores.exists_each([result_uri, error_uri])
-    if not (has_result or has_error):
-        return None
-    uri = result_uri if has_result else error_uri
-    # the records say which job they belong to: another job under the same id (in the
-    # same folder) must not pass for this one, nor read them
-    owner = read_record(ports.stores.get_bytes(uri, max_bytes=RECORD_READ_MAX_BYTES)).fingerprint
-    if owner is not None and owner != fingerprint:  # records older than fingerprints: ours
-        raise JobIdConflict(job_id, holder_folder=folder)
-    return Outcome(
-        job_id=job_id,
-        status="succeeded" if has_result else "failed",
-        record_uri=uri,
-        already_done=True,
-    )
-
-
 def _run_locked(
     job: Job,
     ports: Ports,
@@ -225,7 +146,7 @@ def _run_locked(
     request = task.build_request(spec)
     # tasks that ask for it (segment) get a reduced copy; 0 in the settings disables it
     fit_px = settings.gvw_fit_within_px if request.fit_within_px is not None else 0
-    draws = job.task in _OVERLAY_TASKS
+    draws = job.task in OVERLAY_TASKS
 
     def prepare(index: int, pixels_left: int | None) -> PreparedImage:
         with timer.stage("fetch"):
@@ -296,8 +217,15 @@ def _run_locked(
     with timer.stage("publish"):
         attempt_id = f"{int(time.time())}-{uuid.uuid4().hex[:8]}"
         written: list[str] = []
-        artifacts = _write_artifacts(
-            job, ports, folder, attempt_id, [first] if first else [], parsed, written
+        artifacts = write_artifacts(
+            job,
+            ports.stores,
+            settings.gvw_overlay_max_side_px,
+            folder,
+            attempt_id,
+            [first] if first else [],
+            parsed,
+            written,
         )
         estimated = sum(estimate_image_tokens(*f.sent_width_height_px) for f in facts)
         record = ResultRecord(
@@ -327,7 +255,7 @@ def _run_locked(
         )
         result_uri = join_uri(folder, RESULT_NAME)
         created = ports.stores.create_exclusive(
-            result_uri, record.to_json_bytes(), content_type=_JSON
+            result_uri, record.to_json_bytes(), content_type=JSON_TYPE
         )
         # committed (by us or a racing attempt): the paid answer has done its job
         ports.answers.forget(job.job_id)
@@ -392,178 +320,6 @@ def metric_model(model: str, settings: Settings) -> str:
     """The model as a metric label: one the fleet knows (GVW_MODEL, GVW_ALLOWED_MODELS),
     or "other", so a producer's made-up model names cannot grow the series without end."""
     return model if model == settings.gvw_model or model in settings.allowed_models else "other"
-
-
-# Tasks whose output objects carry pixel boxes on the first image get an overlay.
-_OVERLAY_TASKS = frozenset({"detect", "segment"})
-
-
-def _write_artifacts(
-    job: Job,
-    ports: Ports,
-    folder: str,
-    attempt_id: str,
-    prepared: Sequence[PreparedImage],
-    parsed: TaskOutput,
-    written: list[str],
-) -> dict[str, str]:
-    """Mask PNGs and the overlay of the first image (``prepared[0]``, with its pixels),
-    under this attempt's own folder. Mask entries are added to
-    `parsed.output["objects"]` (uri, area, COCO RLE)."""
-    artifacts: dict[str, str] = {}
-    objects = parsed.output.get("objects")
-    if job.task not in _OVERLAY_TASKS or not isinstance(objects, list) or not prepared:
-        return artifacts
-    base = join_uri(folder, "attempts", attempt_id)
-    image = prepared[0]
-    if image.upright is None:
-        raise ValueError("the overlay's image was prepared without its pixels")
-    masks: list[BoxMask | None] = list(parsed.masks or [None] * len(objects))
-    for index, (obj, mask) in enumerate(zip(objects, masks, strict=True)):
-        if mask is None:
-            continue
-        # names come from the index and a slug, never from the raw label
-        uri = join_uri(base, "masks", f"{index:03d}-{slug(str(obj.get('label', '')))}.png")
-        png = encode_mask_png(mask, image.width_px, image.height_px)
-        ports.stores.put_bytes(uri, png, content_type="image/png")
-        written.append(uri)
-        obj["mask"] = uri
-        obj["mask_area"] = mask.area_px()
-        obj["mask_rle"] = encode_box_mask_rle(mask, image.width_px, image.height_px)
-    png = render_overlay_png(
-        image.upright, objects, masks=masks, max_side_px=ports.settings.gvw_overlay_max_side_px
-    )
-    uri = join_uri(base, "overlay.png")
-    ports.stores.put_bytes(uri, png, content_type="image/png")
-    written.append(uri)
-    artifacts["overlay"] = uri
-    return artifacts
-
-
-# --- failures -----------------------------------------------------------------------------
-
-
-def publish_error(
-    ports: Ports,
-    *,
-    job_id: str,
-    task: str | None,
-    output: str | None,
-    error: GvwError,
-    attempts: int,
-    job: Any = None,
-    fingerprint: str | None = None,
-) -> Outcome:
-    """Record a job that failed for good: its dead-letter entry first (Redis), then its
-    error.json, unless a record of this job already stands.
-
-    The order matters when storage is down: the entry, with the record in it, is the
-    job's trace, and `RecordNotWritten` sends the message back to write error.json later
-    (`publish_pending_record`), never to run the job again. A job id that belongs to
-    another job (`JobIdConflict`) touches none of that job's records: the refusal goes
-    to the refused job's own folder where it has one, and to the log.
-    """
-    settings = ports.settings
-    folder = job_folder(job_id, _usable_output(output, settings), settings)
-    fingerprint = fingerprint or raw_fingerprint(job, folder)
-    if not isinstance(error, JobIdConflict):
-        claim = ports.claims.claim(job_id, fingerprint, folder)
-        if not claim.ours:
-            error = JobIdConflict(job_id, holder_folder=claim.holder_folder)
-    record = error_record(
-        job_id=job_id,
-        task=task,
-        error=error,
-        attempts=attempts,
-        fingerprint=fingerprint,
-        job=job,
-    )
-    if isinstance(error, JobIdConflict):
-        return _refuse_reused_id(ports, job_id, folder, error, record)
-    # the dead-letter index: what `gvw dead-letters list | replay` reads, written first
-    ports.deliveries.dead_letter(
-        job_id,
-        code=error.code,
-        message=error.message,
-        attempts=attempts,
-        job=job,
-        fingerprint=fingerprint,
-        record=shrink_for_redis(record),
-    )
-    log.warning(
-        "job failed", extra={"job_id": job_id, "code": error.code, "error_message": error.message}
-    )
-    return _write_error_record(
-        ports, job_id, folder, fingerprint, record.to_json_bytes(), error.code
-    )
-
-
-def publish_pending_record(ports: Ports, job_id: str, folder: str) -> Outcome:
-    """Write the error record a failed job left in the dead-letter index (storage was
-    down when it failed); the job itself is not run again."""
-    data = ports.deliveries.pending_record(job_id)
-    if data is None:  # written meanwhile by another delivery
-        return Outcome(
-            job_id=job_id,
-            status="failed",
-            record_uri=join_uri(folder, ERROR_NAME),
-            already_done=True,
-        )
-    record = ErrorRecord.model_validate_json(data)
-    log.info("writing the error record kept while storage was down", extra={"job_id": job_id})
-    return _write_error_record(
-        ports, job_id, folder, record.fingerprint or "", data, record.error.code
-    )
-
-
-def _write_error_record(
-    ports: Ports, job_id: str, folder: str, fingerprint: str, data: bytes, code: str
-) -> Outcome:
-    uri = join_uri(folder, ERROR_NAME)
-    try:
-        done = _finished(ports, job_id, folder, fingerprint)
-        if done is not None:
-            ports.deliveries.mark_recorded(job_id)
-            return done
-        ports.stores.create_exclusive(uri, data, content_type=_JSON)
-    except RetryableError as err:
-        raise RecordNotWritten(
-            f"could not write the error record {uri}: {err.message}", code=code
-        ) from err
-    ports.deliveries.mark_recorded(job_id)
-    DEAD_LETTERS.labels(code).inc()
-    return Outcome(job_id=job_id, status="failed", record_uri=uri)
-
-
-def _refuse_reused_id(
-    ports: Ports, job_id: str, folder: str, error: JobIdConflict, record: ErrorRecord
-) -> Outcome:
-    log.warning(
-        "job refused: job_id already used by a different job",
-        extra={"job_id": job_id, "code": error.code},
-    )
-    uri = join_uri(folder, ERROR_NAME)
-    if error.holder_folder is None or error.holder_folder == folder:
-        # the id's folder is the other job's: nothing of ours may be written there
-        return Outcome(job_id=job_id, status="failed", record_uri="")
-    ports.stores.create_exclusive(uri, record.to_json_bytes(), content_type=_JSON)
-    return Outcome(job_id=job_id, status="failed", record_uri=uri)
-
-
-def job_fingerprint(job: Job, settings: Settings) -> str:
-    """The fingerprint `run` claims the job's id with (its folder as run resolves it)."""
-    return job.fingerprint(job_folder(job.job_id, _usable_output(job.output, settings), settings))
-
-
-def _usable_output(output: str | None, settings: Settings) -> str | None:
-    """The job's output when it is a valid, allowed folder; None (the default results
-    folder) otherwise: a bad output is itself the error, recorded where it can be."""
-    if output is None:
-        return None
-    try:
-        return check_allowed(output, settings.allowed_output_prefixes, role="output").text
-    except GvwError:
-        return None
 
 
 def _delete_quietly(ports: Ports, uris: Sequence[str]) -> None:

@@ -23,7 +23,7 @@ from worker.gemini import GeminiGateway
 from worker.gemini.file_cache import FileCache, LocalFileCache, RedisFileCache
 from worker.job_claims import JobClaims, LocalJobClaims, RedisJobClaims
 from worker.job_locks import JobLocks, LocalJobLocks, RedisJobLocks
-from worker.pipeline import Ports
+from worker.ports import Ports
 from worker.ratelimit import NoRateLimit, RateLimiter, RedisRateLimiter
 from worker.settings import Settings, get_settings
 from worker.storage import S3_SCHEME, StoreRouter

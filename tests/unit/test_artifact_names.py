@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,9 +11,9 @@ from PIL import Image
 
 from tasks.base import TaskOutput
 from tasks.masks import BoxMask
+from worker.artifacts import write_artifacts
 from worker.images import prepare_image
 from worker.jobs import parse_job
-from worker.pipeline import Ports, _write_artifacts
 from worker.settings import Settings
 from worker.storage import StoreRouter
 
@@ -31,7 +30,6 @@ def png_bytes() -> bytes:
 
 
 def test_hostile_labels_give_safe_unique_names(tmp_path: Path, png_bytes: bytes) -> None:
-    ports = cast(Ports, SimpleNamespace(settings=Settings(), stores=StoreRouter()))
     job = parse_job({"job_id": "j-1", "task": "segment", "images": ["s3://inbox/a.png"]})
     image = prepare_image(png_bytes)
     objects: list[dict[str, Any]] = [
@@ -41,7 +39,10 @@ def test_hostile_labels_give_safe_unique_names(tmp_path: Path, png_bytes: bytes)
     parsed = TaskOutput(output={"objects": objects}, masks=list(masks))
     folder = f"file://{tmp_path}/out/j-1"
     written: list[str] = []
-    _write_artifacts(job, ports, folder, "att-1", [image], parsed, written)
+    overlay_max_side_px = Settings().gvw_overlay_max_side_px
+    write_artifacts(
+        job, StoreRouter(), overlay_max_side_px, folder, "att-1", [image], parsed, written
+    )
     mask_uris = [o["mask"] for o in objects]
     assert len(set(mask_uris)) == len(HOSTILE)
     job_dir = (tmp_path / "out" / "j-1").resolve()

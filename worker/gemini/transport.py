@@ -16,7 +16,7 @@ from functools import partial
 
 from tasks.transport_plan import InlinePlanner, Transport
 from worker.gemini.file_cache import CachedFile, FileCache
-from worker.gemini.gateway import GeminiGateway
+from worker.gemini.port import Gemini
 from worker.gemini.records import ImagePart, RemoteFile
 from worker.images import PreparedImage
 from worker.observability import FILE_EVENTS
@@ -37,7 +37,7 @@ class ImageSender:
 
     def __init__(
         self,
-        gemini: GeminiGateway,
+        gemini: Gemini,
         cache: FileCache,
         *,
         inline_max_bytes: int,

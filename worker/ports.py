@@ -1,0 +1,60 @@
+"""Everything a job touches, as small interfaces: the pipeline's only view of the world.
+
+`Ports` is built once per process by the composition root (`worker.runtime`), with Redis
+and S3 adapters in a worker and in-memory and local ones in `gvw demo`, the in-process
+benchmarks and the pipeline's fast tests. The pipeline sees each port through the
+Protocol below (and `worker.gemini.port.Gemini`), never through an adapter's own class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from worker.answer_store import AnswerStore
+from worker.deliveries import Deliveries
+from worker.gemini.file_cache import FileCache
+from worker.gemini.port import Gemini
+from worker.gemini.transport import ImageSender
+from worker.job_claims import JobClaims
+from worker.job_locks import JobLocks
+from worker.ratelimit import RateLimiter
+from worker.settings import Settings
+from worker.storage.port import ObjectInfo
+
+
+class Stores(Protocol):
+    """Bytes by URI for every scheme a job may name (`worker.storage.StoreRouter`)."""
+
+    def get_bytes(self, uri: str, *, max_bytes: int) -> bytes: ...
+    def put_bytes(self, uri: str, data: bytes, *, content_type: str) -> None: ...
+    def create_exclusive(self, uri: str, data: bytes, *, content_type: str) -> bool: ...
+    def exists(self, uri: str) -> bool: ...
+    def exists_each(self, uris: Sequence[str]) -> list[bool]: ...
+    def delete(self, uri: str) -> None: ...
+    def list_objects(self, uri_prefix: str) -> Iterator[ObjectInfo]: ...
+    def connect_s3(self) -> None: ...
+
+
+@dataclass
+class Ports:
+    """Everything a job touches, built once per process (see `worker.runtime`)."""
+
+    settings: Settings
+    stores: Stores
+    gemini: Gemini
+    locks: JobLocks
+    files: FileCache
+    limiter: RateLimiter
+    deliveries: Deliveries
+    answers: AnswerStore
+    claims: JobClaims
+
+    def sender(self) -> ImageSender:
+        return ImageSender(
+            self.gemini,
+            self.files,
+            inline_max_bytes=self.settings.gvw_inline_max_bytes,
+            active_timeout_s=self.settings.gvw_file_active_timeout_s,
+        )
