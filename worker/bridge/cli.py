@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -122,7 +123,8 @@ def _run_sqs(args: argparse.Namespace, dispatcher: Any, stop: threading.Event) -
 
     try:
         runner = SqsRunner(
-            sqs_client(args.queue_url, wait_s=args.wait_s),
+            # boto3's own variables (AWS_ENDPOINT_URL_SQS, AWS_REGION...), from this root
+            sqs_client(args.queue_url, wait_s=args.wait_s, environ=os.environ),
             args.queue_url,
             dispatcher,
             max_messages=args.max_messages,

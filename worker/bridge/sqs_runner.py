@@ -14,7 +14,6 @@ in progress ends within `wait_s`.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 from collections.abc import Mapping
@@ -182,7 +181,7 @@ class SqsRunner:
 # --- the SQS client ---------------------------------------------------------------------------
 
 
-def sqs_client(queue_url: str, *, wait_s: int) -> Any:
+def sqs_client(queue_url: str, *, wait_s: int, environ: Mapping[str, str]) -> Any:
     """A boto3 SQS client for `queue_url`: boto3's own configuration (AWS_* variables, the
     instance role), plus the endpoint and region the queue URL implies where those say
     nothing (moto, ElasticMQ and LocalStack queue URLs name their own host)."""
@@ -196,8 +195,8 @@ def sqs_client(queue_url: str, *, wait_s: int) -> Any:
     )
     return boto3.session.Session().client(
         "sqs",
-        endpoint_url=endpoint_for_queue_url(queue_url, os.environ),
-        region_name=region_for_queue_url(queue_url, os.environ),
+        endpoint_url=endpoint_for_queue_url(queue_url, environ),
+        region_name=region_for_queue_url(queue_url, environ),
         config=config,
     )
 
