@@ -6,6 +6,8 @@ Runs `worker.pipeline.run` in this process on local storage, with the Gemini emu
 spends building, sending and receiving the request. Each figure is the median of
 --repeat runs.
 
+Every task runs; compare gets the image twice and its figures are per image.
+
     .venv/bin/python benchmarks/overhead.py [--repeat 7]
 """
 
@@ -30,6 +32,15 @@ from worker.runtime import build_ports
 from worker.settings import Settings
 
 STAGES = ("fetch", "prepare", "ask", "read", "publish")
+TASKS: dict[str, dict[str, object]] = {
+    "caption": {},
+    "vqa": {"prompt": "How many shapes are there?"},
+    "classify": {"labels": ["circle", "dog", "rectangle"]},
+    "detect": {},
+    "segment": {},
+    "compare": {},
+    "custom": {"prompt": "Count the shapes.", "response_schema": {"type": "object"}},
+}
 
 
 def photo_like_jpeg(width_px: int, height_px: int) -> bytes:
@@ -87,15 +98,18 @@ def main() -> None:
         for name, (filename, data) in inputs.items():
             path = root / "in" / filename
             path.write_bytes(data)
-            for task in ("caption", "detect"):
+            for task, extra in TASKS.items():
                 per_stage: dict[str, list[float]] = {s: [] for s in STAGES}
                 totals: list[float] = []
+                # compare needs two images: its figures are per image
+                images = 2 if task == "compare" else 1
                 for i in range(args.repeat):
                     job = parse_job(
                         {
                             "job_id": f"b-{task}-{filename}-{i}",
                             "task": task,
-                            "images": [f"file://{path}"],
+                            "images": [f"file://{path}"] * images,
+                            **extra,
                         }
                     )
                     timer = StageTimer()
@@ -103,8 +117,8 @@ def main() -> None:
                     server_s = emulator.stats()["requests"][-1]["duration_ms"] / 1000
                     timer.seconds["ask"] -= server_s
                     for stage in STAGES:
-                        per_stage[stage].append(timer.seconds.get(stage, 0.0))
-                    totals.append(sum(timer.seconds.get(s, 0.0) for s in STAGES))
+                        per_stage[stage].append(timer.seconds.get(stage, 0.0) / images)
+                    totals.append(sum(timer.seconds.get(s, 0.0) for s in STAGES) / images)
                 decode = statistics.median(decode_s(data) for _ in range(args.repeat))
                 total = statistics.median(totals)
                 cells = " ".join(f"{statistics.median(per_stage[s]) * 1000:9.1f}" for s in STAGES)

@@ -36,6 +36,8 @@ class JobOptions(BaseModel):
     thinking_budget: int | None = Field(default=None, ge=-1, le=32768)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     max_output_tokens: int | None = Field(default=None, ge=1, le=65536)
+    # detect and segment: draw the overlay picture (masks are written either way)
+    overlay: bool = True
 
 
 class Job(BaseModel):

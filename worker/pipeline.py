@@ -7,7 +7,8 @@ Key layout under `{output}/{job_id}/` (CONTRACT.md "Results"):
 
     result.json                       written last, once (conditional create)
     error.json                        instead of result.json when the job failed for good
-    attempts/{attempt_id}/overlay.png artifacts of one attempt; result.json names them
+    attempts/{attempt_id}/overlay.jpg artifacts of one attempt (overlay.png for non-photos);
+                                      result.json names them
     attempts/{attempt_id}/masks/...
 
 Artifacts go under a folder unique to the attempt, so two attempts racing on an
@@ -146,13 +147,16 @@ def _run_locked(
     request = task.build_request(spec)
     # tasks that ask for it (segment) get a reduced copy; 0 in the settings disables it
     fit_px = settings.gvw_fit_within_px if request.fit_within_px is not None else 0
+    # detect and segment: the first image's size places the masks; its pixels are kept
+    # only when an overlay is drawn on them
     draws = job.task in OVERLAY_TASKS
+    keeps_pixels = draws and job.options.overlay
 
     def prepare(index: int, pixels_left: int | None) -> PreparedImage:
         with timer.stage("fetch"):
             data = ports.stores.get_bytes(input_uris[index], max_bytes=settings.gvw_max_input_bytes)
         with timer.stage("prepare"):
-            overlay = draws and index == 0
+            overlay = keeps_pixels and index == 0
             image = prepare_image(
                 data,
                 max_pixels=settings.gvw_max_image_pixels,

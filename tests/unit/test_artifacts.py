@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import zlib
 
 import pytest
 from PIL import Image
@@ -46,3 +47,44 @@ def test_large_overlays_are_reduced_and_boxes_follow() -> None:
 
 def test_full_size_overlay_when_asked() -> None:
     assert _overlay((3000, 100), [0, 0, 10, 10], max_side_px=0).size == (3000, 100)
+
+
+@pytest.mark.parametrize(
+    ("box", "size"),
+    [
+        pytest.param((0, 0, 7, 5), (7, 5), id="box-is-the-image"),
+        pytest.param((3, 2, 4, 3), (10, 8), id="one-pixel"),
+        pytest.param((0, 0, 300, 1), (300, 700), id="top-row-tall-image"),
+        pytest.param((5, 699, 9, 700), (300, 700), id="bottom-row"),
+        pytest.param((100, 256, 250, 700), (300, 700), id="crossing-zero-blocks"),
+        pytest.param((0, 0, 0, 0), (64, 600), id="empty-crop"),
+    ],
+)
+def test_hand_written_mask_pngs_decode_to_the_full_mask(
+    box: tuple[int, int, int, int], size: tuple[int, int]
+) -> None:
+    import io as _io
+
+    import numpy as np
+    from PIL import Image
+
+    from tasks.masks import BoxMask
+    from worker.artifacts import encode_mask_png
+
+    x0, y0, x1, y1 = box
+    rng = np.random.default_rng(sum(box))
+    crop = rng.random((y1 - y0, x1 - x0)) > 0.5
+    width, height = size
+    png = encode_mask_png(BoxMask(x0, y0, crop), width, height)
+    with Image.open(_io.BytesIO(png)) as im:
+        im.load()  # Pillow checks the zlib stream, its checksum and the chunk CRCs
+        assert (im.mode, im.size) == ("L", size)
+        pixels = np.asarray(im)
+    expected = np.zeros((height, width), dtype=np.uint8)
+    expected[y0:y1, x0:x1][crop] = 255
+    assert np.array_equal(pixels, expected)
+    # zlib itself checks the stream's Adler-32, computed here without summing the zeros
+    idat_length = int.from_bytes(png[33:37], "big")
+    assert png[37:41] == b"IDAT"
+    raw = zlib.decompress(png[41 : 41 + idat_length])
+    assert len(raw) == height * (width + 1)
