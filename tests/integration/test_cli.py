@@ -222,7 +222,7 @@ def test_demo_runs_every_task_with_no_services(tmp_path: Path) -> None:
     assert "9 succeeded, 0 failed" in done.stdout
     results = sorted((tmp_path / "demo" / "results").glob("*/result.json"))
     assert len(results) == 9
-    overlays = list((tmp_path / "demo" / "results").glob("*/attempts/*/overlay.png"))
+    overlays = list((tmp_path / "demo" / "results").glob("*/attempts/*/overlay.*"))  # jpg: photos
     assert len(overlays) == 3
     masks = list((tmp_path / "demo" / "results").glob("*-segment/attempts/*/masks/*.png"))
     assert len(masks) == 3
