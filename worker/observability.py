@@ -33,6 +33,7 @@ MODEL_CALLS = Counter(
     "gvw_model_calls_total", "Calls to Gemini generateContent", ["model", "outcome"]
 )
 TOKENS = Counter("gvw_tokens_total", "Tokens reported by Gemini usage_metadata", ["kind"])
+COST_USD = Counter("gvw_cost_usd_total", "Spent on Gemini at the price table's rates", ["model"])
 FILE_EVENTS = Counter(
     "gvw_file_api_events_total", "File API uploads, cache hits, re-uploads and waits", ["event"]
 )

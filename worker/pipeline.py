@@ -45,7 +45,7 @@ from worker.gemini.transport import RequestImages, SentImage
 from worker.images import ImageFacts, PreparedImage, fit_within, prepare_image
 from worker.jobs import Job
 from worker.layout import RESULT_NAME, job_folder
-from worker.observability import MODEL_CALLS, TOKENS, StageTimer
+from worker.observability import COST_USD, MODEL_CALLS, TOKENS, StageTimer
 from worker.ports import Ports
 from worker.record_store import JSON_TYPE, finished
 from worker.records import (
@@ -232,6 +232,8 @@ def _run_locked(
             written,
         )
         estimated = sum(estimate_image_tokens(*f.sent_width_height_px) for f in facts)
+        # a redelivery publishing its own paid answer records what that answer cost
+        cost_usd = answer_cost_usd(ports, model, answer)
         record = ResultRecord(
             job_id=job.job_id,
             task=job.task,
@@ -246,6 +248,7 @@ def _run_locked(
                 total_tokens=answer.usage.total_tokens,
                 thoughts_tokens=answer.usage.thoughts_tokens,
                 estimated_image_tokens=estimated,
+                cost_usd=cost_usd,
             ),
             warnings=[
                 *(f"image {i}: {w}" for i, f in enumerate(facts) for w in f.decoder_warnings),
@@ -305,6 +308,9 @@ def _ask(
                 ports.limiter.cool_down(err.retry_after_s)
             raise
         MODEL_CALLS.labels(model_label, "ok").inc()
+        cost = answer_cost_usd(ports, model, answer)
+        if cost is not None:
+            COST_USD.labels(model_label).inc(cost)
         TOKENS.labels("prompt").inc(answer.usage.prompt_tokens)
         TOKENS.labels("output").inc(answer.usage.output_tokens)
         TOKENS.labels("thoughts").inc(answer.usage.thoughts_tokens)
@@ -318,6 +324,15 @@ def _ask(
     except FileNotActive:  # still PROCESSING: wait for ACTIVE, once
         images.wait_files_active()
     return call(sent)
+
+
+def answer_cost_usd(ports: Ports, model: str, answer: ModelAnswer) -> float | None:
+    """What this answer cost at the price table's rates (thinking billed as output)."""
+    usage = answer.usage
+    cost = ports.prices.cost_usd(
+        model, usage.prompt_tokens, usage.output_tokens + usage.thoughts_tokens
+    )
+    return round(cost, 8) if cost is not None else None
 
 
 def metric_model(model: str, settings: Settings) -> str:

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from tasks.pricing import PriceTable
 from worker.answer_store import AnswerStore
 from worker.deliveries import Deliveries
 from worker.gemini.file_cache import FileCache
@@ -50,6 +51,7 @@ class Ports:
     deliveries: Deliveries
     answers: AnswerStore
     claims: JobClaims
+    prices: PriceTable
 
     def sender(self) -> ImageSender:
         return ImageSender(

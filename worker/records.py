@@ -201,6 +201,8 @@ class Usage(RecordModel):
     total_tokens: int = 0
     thoughts_tokens: int = 0
     estimated_image_tokens: int = 0
+    # at the price table's rates (None: a model the table does not know)
+    cost_usd: float | None = None
 
 
 class ResultRecord(RecordModel):

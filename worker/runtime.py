@@ -24,6 +24,7 @@ from worker.gemini.file_cache import FileCache, LocalFileCache, RedisFileCache
 from worker.job_claims import JobClaims, LocalJobClaims, RedisJobClaims
 from worker.job_locks import JobLocks, LocalJobLocks, RedisJobLocks
 from worker.ports import Ports
+from worker.prices import load_prices
 from worker.ratelimit import NoRateLimit, RateLimiter, RedisRateLimiter
 from worker.settings import Settings, get_settings
 from worker.storage import S3_SCHEME, StoreRouter
@@ -93,6 +94,7 @@ def build_ports(settings: Settings, *, local: bool = False) -> Ports:
         deliveries=deliveries,
         answers=answers,
         claims=claims,
+        prices=load_prices(settings.gvw_prices_file),
     )
 
 

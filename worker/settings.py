@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     # long, ~150 bytes a job, and in its records for as long as they live); another job
     # under it is refused.
     gvw_job_id_ttl_s: int = Field(default=24 * 3600, ge=60)
+    # A JSON price table merged over the shipped one (worker/data/prices.json): the
+    # operator's own prices, or models the shipped table does not know.
+    gvw_prices_file: str | None = None
     # Models a job may name, comma-separated (empty: any). GVW_MODEL is always allowed.
     gvw_allowed_models: str = ""
     # Prometheus /metrics per worker process (0 = off), on this address

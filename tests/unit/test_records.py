@@ -80,7 +80,9 @@ def test_old_records_are_read() -> None:
 
 
 def test_a_new_result_is_the_contracts_json_byte_for_byte() -> None:
-    expected = {**OLD_RESULT, "fingerprint": "f" * 32}
+    # the fields added since: the call's cost (issue 12) and the job's fingerprint
+    usage = {**OLD_RESULT["usage"], "cost_usd": None}  # type: ignore[dict-item]
+    expected = {**OLD_RESULT, "usage": usage, "fingerprint": "f" * 32}
     record = ResultRecord(
         job_id="invoice-0042",
         task="detect",

@@ -1,0 +1,93 @@
+"""What a Gemini call costs, from a price table: pure arithmetic, no I/O.
+
+The table (`worker/data/prices.json`, overridable by the operator) gives USD per million
+tokens for input and output (thinking tokens are billed as output), a higher pair above a
+long-context threshold for the models that have one, and the batch discount. A model is
+priced by the longest table name it starts with (``gemini-2.5-flash-preview-05-20`` is
+``gemini-2.5-flash``, ``gemini-2.5-flash-lite`` its own row); a model the table does not
+know has no price (None), never a guessed one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+PER_TOKENS = 1_000_000
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    input_usd: float
+    output_usd: float
+    long_context_tokens: int | None = None
+    input_long_usd: float | None = None
+    output_long_usd: float | None = None
+
+    def cost_usd(
+        self, prompt_tokens: int, output_tokens: int, *, batch_discount: float = 0.0
+    ) -> float:
+        """Input and output (thinking included) tokens of one call, in USD."""
+        long = self.long_context_tokens is not None and prompt_tokens > self.long_context_tokens
+        input_usd = self.input_long_usd if long and self.input_long_usd else self.input_usd
+        output_usd = self.output_long_usd if long and self.output_long_usd else self.output_usd
+        full = (prompt_tokens * input_usd + output_tokens * output_usd) / PER_TOKENS
+        return full * (1.0 - batch_discount)
+
+
+@dataclass(frozen=True)
+class PriceTable:
+    models: Mapping[str, ModelPrice]
+    batch_discount: float
+    taken_on: str
+    source: str
+
+    def price_of(self, model: str) -> ModelPrice | None:
+        bare = model.removeprefix("models/").lower()
+        names = [name for name in self.models if bare.startswith(name)]
+        return self.models[max(names, key=len)] if names else None
+
+    def cost_usd(
+        self, model: str, prompt_tokens: int, output_tokens: int, *, batch: bool = False
+    ) -> float | None:
+        price = self.price_of(model)
+        if price is None:
+            return None
+        discount = self.batch_discount if batch else 0.0
+        return price.cost_usd(prompt_tokens, output_tokens, batch_discount=discount)
+
+
+def price_table(
+    data: Mapping[str, Any], *, overrides: Mapping[str, Any] | None = None
+) -> PriceTable:
+    """A table from its JSON (and an operator's overrides, merged over it by model)."""
+    models = dict(data.get("models", {}))
+    discount = float(data.get("batch_discount", 0.0))
+    taken_on, source = str(data.get("taken_on", "")), str(data.get("source", ""))
+    if overrides:
+        models.update(overrides.get("models", {}))
+        discount = float(overrides.get("batch_discount", discount))
+        taken_on = str(overrides.get("taken_on", taken_on))
+        source = str(overrides.get("source", source))
+    return PriceTable(
+        models={name.lower(): _price(name, row) for name, row in models.items()},
+        batch_discount=discount,
+        taken_on=taken_on,
+        source=source,
+    )
+
+
+def _price(name: str, row: Mapping[str, Any]) -> ModelPrice:
+    try:
+        return ModelPrice(
+            input_usd=float(row["input"]),
+            output_usd=float(row["output"]),
+            long_context_tokens=int(row["long_context_tokens"])
+            if "long_context_tokens" in row
+            else None,
+            input_long_usd=float(row["input_long"]) if "input_long" in row else None,
+            output_long_usd=float(row["output_long"]) if "output_long" in row else None,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"price table: model {name!r} needs numeric input and output") from exc
