@@ -197,6 +197,17 @@ class ModelRateLimited(RetryableError):
         return float(value) if value is not None else None
 
 
+class BudgetExhausted(RetryableError):
+    """The fleet's day budget (GVW_BUDGET_USD_PER_DAY) has no room for this request: the
+    job goes back to the queue and waits for room (a reservation settled below its
+    estimate) or the next day's budget. Not a failure: it never uses up the job's retries."""
+
+    code = "quota_exhausted"
+
+    def __init__(self, message: str, *, retry_after_s: float, **details: Any) -> None:
+        super().__init__(message, retry_after_s=retry_after_s, **details)
+
+
 class ModelUnavailable(RetryableError):
     code = "model_error"
 

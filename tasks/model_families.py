@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tasks.errors import InvalidJob
+
 
 @dataclass(frozen=True)
 class ModelFamily:
@@ -20,6 +22,9 @@ class ModelFamily:
     spatial_thinking_level: str | None = None
     min_thinking_budget: int = 0
     supports_segmentation: bool = True
+    # media_resolution: Gemini 3 and later take it per image part (and `ultra_high`);
+    # every other multimodal model takes it for the whole request only
+    media_resolution_per_part: bool = False
 
 
 # Longest prefix wins; order here is for reading only.
@@ -30,6 +35,7 @@ FAMILIES: tuple[ModelFamily, ...] = (
         "level",
         spatial_thinking_level="LOW",
         supports_segmentation=False,
+        media_resolution_per_part=True,
     ),
     # Pro cannot disable thinking: its smallest budget is 128.
     ModelFamily(
@@ -85,3 +91,36 @@ def thinking_for(model: str, *, spatial: bool, requested_budget: int | None) -> 
             return ThinkingChoice(level=family.spatial_thinking_level or "LOW")
         return ThinkingChoice()
     return ThinkingChoice()
+
+
+MEDIA_RESOLUTIONS = ("low", "medium", "high", "ultra_high")
+
+
+@dataclass(frozen=True)
+class MediaResolutionChoice:
+    """Where a job's `media_resolution` goes: on each image part, or on the request.
+    Values are the API's enum names (``MEDIA_RESOLUTION_LOW``, ...)."""
+
+    per_part: str | None = None
+    request: str | None = None
+
+
+def media_resolution_for(model: str, level: str | None) -> MediaResolutionChoice:
+    """How to send `level` to `model`. Raises InvalidJob for ``ultra_high`` on a model
+    that only takes a request-wide resolution (the request-wide enum has no such level)."""
+    if level is None:
+        return MediaResolutionChoice()
+    if level not in MEDIA_RESOLUTIONS:
+        raise InvalidJob(
+            f"media_resolution must be one of {', '.join(MEDIA_RESOLUTIONS)}",
+            field="options.media_resolution",
+        )
+    enum_name = f"MEDIA_RESOLUTION_{level.upper()}"
+    if family_of(model).media_resolution_per_part:
+        return MediaResolutionChoice(per_part=enum_name)
+    if level == "ultra_high":
+        raise InvalidJob(
+            f"media_resolution ultra_high needs a Gemini 3 or later model, not {model[:200]!r}",
+            field="options.media_resolution",
+        )
+    return MediaResolutionChoice(request=enum_name)

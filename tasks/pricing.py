@@ -91,3 +91,35 @@ def _price(name: str, row: Mapping[str, Any]) -> ModelPrice:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"price table: model {name!r} needs numeric input and output") from exc
+
+
+# What an answer is guessed to cost in output before it is asked: the budget reserves
+# this much and settles the call's real usage afterwards. An answer of this project's
+# tasks is rarely above a thousand tokens (25 boxes with labels are ~800).
+OUTPUT_TOKENS_GUESS = 1024
+# thinking the model decides for itself (no budget sent): Gemini 2.5 Flash spends a few
+# hundred to a few thousand tokens on an image question
+THINKING_TOKENS_GUESS = 1024
+_THINKING_BY_LEVEL = {"MINIMAL": 0, "LOW": 256, "MEDIUM": 1024, "HIGH": 4096}
+
+
+def expected_output_tokens(
+    *,
+    max_output_tokens: int | None,
+    thinks: bool,
+    thinking_budget: int | None,
+    thinking_level: str | None,
+) -> int:
+    """Output plus thinking tokens to reserve for one call: the job's own cap where it set
+    one, and the thinking the request allows (none at budget 0, or for a model family
+    that does not think)."""
+    output = max_output_tokens if max_output_tokens is not None else OUTPUT_TOKENS_GUESS
+    if not thinks:
+        thinking = 0
+    elif thinking_budget is not None:
+        thinking = THINKING_TOKENS_GUESS if thinking_budget < 0 else thinking_budget
+    elif thinking_level is not None:
+        thinking = _THINKING_BY_LEVEL.get(thinking_level.upper(), THINKING_TOKENS_GUESS)
+    else:
+        thinking = THINKING_TOKENS_GUESS
+    return output + thinking

@@ -12,6 +12,7 @@ import re
 import sys
 from typing import Any
 
+import redis
 from celery import Celery, Task, signals
 from celery.concurrency import get_implementation
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
@@ -40,7 +41,7 @@ from worker.ports import Ports
 from worker.producer import QUEUE, TASK_NAME
 from worker.records import Outcome
 from worker.remote_control import restrict_remote_control
-from worker.retry_policy import RetryPolicy
+from worker.retry_policy import RetryPolicy, is_waiting
 from worker.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -289,8 +290,9 @@ def analyze(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         log.exception("unexpected error", extra={"job_id": parsed.job_id})
         error = InternalError(f"{exc.__class__.__name__}: {exc}")
     policy = retry_policy(ports.settings)
-    if policy.should_retry(error, retries):
-        countdown_s = policy.countdown_s(error, retries)
+    waits = _waits(ports, parsed.job_id, count_one=is_waiting(error))
+    if policy.should_retry(error, retries, waits_so_far=waits):
+        countdown_s = policy.countdown_s(error, retries - waits)
         log.info(
             "retrying job",
             extra={"job_id": parsed.job_id, "code": error.code, "countdown_s": countdown_s},
@@ -308,6 +310,16 @@ def analyze(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         job=job,
         fingerprint=job_fingerprint(parsed, ports.settings),
     )
+
+
+def _waits(ports: Ports, job_id: str, *, count_one: bool) -> int:
+    """How many times the job waited so far (went back to the queue without failing),
+    this time included when ``count_one``. Redis down: taken as none, the old count."""
+    try:
+        return ports.deliveries.count_wait(job_id) if count_one else ports.deliveries.waits(job_id)
+    except redis.RedisError:
+        log.warning("could not count the job's waits", extra={"job_id": job_id}, exc_info=True)
+        return 0
 
 
 def _job_argument(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, str | None]:

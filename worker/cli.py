@@ -201,6 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
         "endpoint, the key and the model: one models.get, nothing generated). Exit status "
         "1 when any check fails.",
     )
+    costs = sub.add_parser(
+        "costs",
+        help="today's spending against GVW_BUDGET_USD_PER_DAY, and the price table in use",
+        description="The fleet's spending of the current UTC day (spent, and reserved by "
+        "calls in flight) against GVW_BUDGET_USD_PER_DAY, and the prices the worker uses "
+        "(shipped, or GVW_PRICES_FILE), with the date they were taken.",
+    )
+    costs.add_argument("--json", action="store_true", help="print one JSON object")
     add_bridge_parser(sub)
 
     dead = sub.add_parser(
@@ -434,6 +442,46 @@ def _cmd_files(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_costs(args: argparse.Namespace) -> int:
+    from worker.runtime import build_ports
+    from worker.settings import get_settings
+
+    ports = build_ports(get_settings())
+    today = ports.budget.today()
+    prices = ports.prices
+    models = {
+        name: {"input_usd_per_1m": p.input_usd, "output_usd_per_1m": p.output_usd}
+        for name, p in sorted(prices.models.items())
+    }
+    report = {
+        "budget_usd_per_day": today.budget_usd if today else None,
+        "spent_usd": round(today.spent_usd, 6) if today else None,
+        "reserved_usd": round(today.reserved_usd, 6) if today else None,
+        "prices_taken_on": prices.taken_on,
+        "prices_source": prices.source,
+        "batch_discount": prices.batch_discount,
+        "models": models,
+    }
+    if args.json:
+        print(json.dumps(report))
+        return EXIT_OK
+    if today is None:
+        print("budget: off (GVW_BUDGET_USD_PER_DAY=0)")
+    else:
+        left = max(0.0, today.budget_usd - today.spent_usd - today.reserved_usd)
+        print(
+            f"budget: ${today.spent_usd:.4f} spent and ${today.reserved_usd:.4f} reserved of "
+            f"${today.budget_usd:g} today (UTC); ${left:.4f} left"
+        )
+    print(f"prices (USD per 1M tokens, taken on {prices.taken_on}, {prices.source}):")
+    for name, row in models.items():
+        print(
+            f"  {name:<28} input {row['input_usd_per_1m']:>6}  output {row['output_usd_per_1m']:>6}"
+        )
+    print(f"  batch requests: {prices.batch_discount:.0%} off")
+    return EXIT_OK
+
+
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from worker.doctor import run_checks
     from worker.settings import get_settings
@@ -504,6 +552,7 @@ def _cmd_dead_letters(args: argparse.Namespace) -> int:
 
 _HANDLERS = {
     "submit": _cmd_submit,
+    "costs": _cmd_costs,
     "status": _cmd_status,
     "result": _cmd_result,
     "worker": _cmd_worker,

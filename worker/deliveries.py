@@ -14,6 +14,8 @@ a later delivery writes it (`worker.job_claims` tells that delivery so). Every f
 bounded (`worker.records`): the job is kept as a summary of at most 16 KB.
 
     gvw:deliveries:{job_id}:{retries}   delivery count of one attempt (expires)
+    gvw:deliveries:{job_id}:-1          times the job waited (went back to the queue
+                                        without failing): not counted against retries
     gvw:dead_letters                    zset job_id -> when (epoch s)
     gvw:dead_letter:{job_id}            hash: code, message, attempts, when, job (JSON
                                         summary), fingerprint, recorded (0/1), and
@@ -35,6 +37,8 @@ from worker.records import summarize_job
 _INDEX = "gvw:dead_letters"
 _DEAD_LETTER_TTL_S = 30 * 24 * 3600
 _MESSAGE_MAX_CHARS = 2000
+# the "retries" slot of the waits counter: no attempt has this number
+_WAITS = -1
 
 
 def dead_letter_key(job_id: str) -> str:
@@ -55,6 +59,12 @@ class DeadLetter:
 
 class Deliveries(Protocol):
     def count(self, job_id: str, retries: int) -> int: ...
+    def count_wait(self, job_id: str) -> int:
+        """One more time the job went back to the queue without failing (another worker
+        held it, the fleet's rate or budget had no room); the total so far."""
+        ...
+
+    def waits(self, job_id: str) -> int: ...
     def forget(self, job_id: str) -> None: ...
     def clear(self, job_id: str, retries: int) -> None: ...
     def dead_letter(
@@ -99,6 +109,12 @@ class RedisDeliveries:
 
     def clear(self, job_id: str, retries: int) -> None:
         self._redis.delete(f"gvw:deliveries:{job_id}:{retries}")
+
+    def count_wait(self, job_id: str) -> int:
+        return self.count(job_id, _WAITS)
+
+    def waits(self, job_id: str) -> int:
+        return int(self._redis.get(f"gvw:deliveries:{job_id}:{_WAITS}") or 0)  # type: ignore[arg-type]
 
     def forget(self, job_id: str) -> None:
         keys = list(self._redis.scan_iter(match=f"gvw:deliveries:{job_id}:*", count=100))
@@ -193,6 +209,12 @@ class LocalDeliveries:
 
     def clear(self, job_id: str, retries: int) -> None:
         self._counts.pop((job_id, retries), None)
+
+    def count_wait(self, job_id: str) -> int:
+        return self.count(job_id, _WAITS)
+
+    def waits(self, job_id: str) -> int:
+        return self._counts.get((job_id, _WAITS), 0)
 
     def forget(self, job_id: str) -> None:
         for key in [k for k in self._counts if k[0] == job_id]:

@@ -144,6 +144,7 @@ class PreparedImage:
             height_px=self.height_px,
             sent_width_height_px=self.sent_width_height_px,
             decoder_warnings=self.decoder_warnings,
+            sent_sha256=self.sent_sha256,
         )
 
 
@@ -159,6 +160,8 @@ class ImageFacts:
     height_px: int
     sent_width_height_px: tuple[int, int]
     decoder_warnings: tuple[str, ...]
+    sent_sha256: str = ""
+    """Hex SHA-256 of the bytes sent (what the answer cache is keyed by)."""
 
     @property
     def size(self) -> ImageSize:

@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
@@ -38,6 +38,10 @@ class JobOptions(BaseModel):
     max_output_tokens: int | None = Field(default=None, ge=1, le=65536)
     # detect and segment: draw the overlay picture (masks are written either way)
     overlay: bool = True
+    # ask the model even when an identical request was answered (GVW_ANSWER_CACHE_TTL_S)
+    fresh: bool = False
+    # tokens spent on each image (fewer: cheaper, less detail); ultra_high: Gemini 3+ only
+    media_resolution: Literal["low", "medium", "high", "ultra_high"] | None = None
 
 
 class Job(BaseModel):

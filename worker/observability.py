@@ -37,6 +37,9 @@ COST_USD = Counter("gvw_cost_usd_total", "Spent on Gemini at the price table's r
 FILE_EVENTS = Counter(
     "gvw_file_api_events_total", "File API uploads, cache hits, re-uploads and waits", ["event"]
 )
+ANSWER_CACHE = Counter(
+    "gvw_answer_cache_total", "Answer cache look-ups and stores (hit, miss, stored)", ["event"]
+)
 DEAD_LETTERS = Counter("gvw_dead_letters_total", "Jobs that ended in error.json", ["code"])
 
 _server_started = False

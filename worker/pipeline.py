@@ -18,6 +18,7 @@ references only its own.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -25,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from tasks import registry
-from tasks.base import ModelRequest
+from tasks.base import ModelRequest, TaskOutput, TaskSpec, VisionTask
 from tasks.errors import (
     FileNotActive,
     FileUriRejected,
@@ -35,22 +36,28 @@ from tasks.errors import (
     JobIdConflict,
     ModelOutputInvalid,
     ModelRateLimited,
+    ModelRejected,
     WorkerLost,
 )
+from tasks.model_families import family_of, media_resolution_for, thinking_for
+from tasks.pricing import expected_output_tokens
 from tasks.tokens import estimate_image_tokens
+from worker.answer_cache import Lookup, answer_key
 from worker.artifacts import OVERLAY_TASKS, write_artifacts
 from worker.failures import publish_pending_record
 from worker.gemini import GenerationOptions, ModelAnswer
+from worker.gemini.records import TokenUsage
 from worker.gemini.transport import RequestImages, SentImage
 from worker.images import ImageFacts, PreparedImage, fit_within, prepare_image
 from worker.jobs import Job
 from worker.layout import RESULT_NAME, job_folder
-from worker.observability import COST_USD, MODEL_CALLS, TOKENS, StageTimer
+from worker.observability import ANSWER_CACHE, COST_USD, MODEL_CALLS, TOKENS, StageTimer
 from worker.ports import Ports
 from worker.record_store import JSON_TYPE, finished
 from worker.records import (
     Outcome,
     ResultRecord,
+    ReusedAnswer,
     Usage,
     bounded_output,
 )
@@ -63,6 +70,8 @@ log = logging.getLogger(__name__)
 _JSON = "application/json"
 # A record is read back only to see whose it is (its fingerprint); none is near this.
 RECORD_READ_MAX_BYTES = 64_000_000
+# images[].transport of a job whose answer came from the answer cache: nothing was sent
+REUSED_TRANSPORT = "none"
 
 
 def run(
@@ -76,6 +85,18 @@ def run(
     settings = ports.settings
     timer = timer or StageTimer()
     check_model_allowed(job.model, settings)
+    model = job.model or settings.gvw_model
+    # a resolution this model does not take is the job's error, found before any I/O
+    media_resolution_for(model, job.options.media_resolution)
+    if ports.budget.enabled:
+        if ports.prices.price_of(model) is None:
+            raise InvalidJob(
+                f"model {model[:200]!r} has no price in the price table, and this fleet "
+                "spends within a budget (GVW_BUDGET_USD_PER_DAY): add it with GVW_PRICES_FILE",
+                field="model",
+            )
+        # a day with no room left sends the job back before it reads anything
+        ports.budget.ensure_open()
     # Every URI is checked before any is read: one bad URI refuses the whole job. The
     # parsed spelling is what the I/O below uses (worker.storage.uris: one parser).
     output = (
@@ -168,6 +189,14 @@ def _run_locked(
                 image = replace(image, upright=None)  # only the overlay needs pixels
         return image
 
+    options = GenerationOptions(
+        temperature=job.options.temperature,
+        thinking_budget=job.options.thinking_budget,
+        max_output_tokens=job.options.max_output_tokens,
+        media_resolution=job.options.media_resolution,
+    )
+    # the answer cache is looked up once every image is known (by its bytes as sent)
+    looks_up = ports.answer_cache.enabled and not job.options.fresh
     paid = ports.answers.get(job.job_id, fingerprint)
     images: RequestImages | None = None
     if paid is None:
@@ -175,6 +204,7 @@ def _run_locked(
             prompt_bytes=len(request.prompt.encode()),
             job_id=job.job_id,
             refetch=lambda index: prepare(index, None),
+            defer_uploads=looks_up,
         )
     # One image at a time: fetched, checked against the job's pixel budget before it is
     # decoded, prepared, and handed to the request (which keeps only what it sends).
@@ -192,31 +222,40 @@ def _run_locked(
                 images.add(image)
         del image
 
-    if paid is not None:
-        # an earlier delivery was answered and died before committing: publish that
-        # answer instead of paying for a second one
-        log.info("reusing the stored model answer", extra={"job_id": job.job_id})
-        answer, transports = paid
-    else:
-        assert images is not None
-        with timer.stage("ask"):
-            options = GenerationOptions(
-                temperature=job.options.temperature,
-                thinking_budget=job.options.thinking_budget,
-                max_output_tokens=job.options.max_output_tokens,
-            )
-            transports, answer = _ask(ports, job.job_id, model, images, request, options)
-        # paid for: kept before anything else can fail, so no retry pays again
-        ports.answers.put(job.job_id, fingerprint, answer, transports)
-
-    with timer.stage("read"):
-        try:
-            parsed = task.parse(answer.text, spec, [f.size for f in facts])
-            output, warnings = bounded_output(parsed)
-        except ModelOutputInvalid:
-            ports.answers.forget(job.job_id)  # unreadable: the retry asks afresh
-            raise
-    parsed = replace(parsed, output=output, warnings=warnings)
+    cache_key = (
+        answer_key(
+            model=model,
+            request=request,
+            options=options,
+            images=[(f.sent_sha256, f.mime_type) for f in facts],
+        )
+        if ports.answer_cache.enabled
+        else None
+    )
+    image_tokens = sum(
+        estimate_image_tokens(
+            *f.sent_width_height_px, model=model, media_resolution=options.media_resolution
+        )
+        for f in facts
+    )
+    lookup = Lookup()
+    if paid is None and cache_key is not None and looks_up:
+        # a duplicate being asked right now elsewhere is waited for, at most as long as
+        # one model call may take
+        lookup = ports.answer_cache.lookup(cache_key, wait_s=settings.gvw_gemini_timeout_s)
+        ANSWER_CACHE.labels("hit" if lookup.found else "miss").inc()
+    try:
+        answer, transports, parsed = _answer(
+            job, ports, task, spec, model, request, options,
+            images=images, facts=facts, paid=paid, lookup=lookup,
+            fingerprint=fingerprint, cache_key=cache_key, timer=timer,
+            estimate_usd=_estimate_usd(ports, model, request, options, image_tokens),
+        )  # fmt: skip
+    finally:
+        if cache_key is not None and lookup.lead_token is not None:
+            ports.answer_cache.release(cache_key, lookup.lead_token)
+    del images
+    reused = lookup.found
 
     with timer.stage("publish"):
         attempt_id = f"{int(time.time())}-{uuid.uuid4().hex[:8]}"
@@ -231,7 +270,6 @@ def _run_locked(
             parsed,
             written,
         )
-        estimated = sum(estimate_image_tokens(*f.sent_width_height_px) for f in facts)
         # a redelivery publishing its own paid answer records what that answer cost
         cost_usd = answer_cost_usd(ports, model, answer)
         record = ResultRecord(
@@ -247,7 +285,7 @@ def _run_locked(
                 output_tokens=answer.usage.output_tokens,
                 total_tokens=answer.usage.total_tokens,
                 thoughts_tokens=answer.usage.thoughts_tokens,
-                estimated_image_tokens=estimated,
+                estimated_image_tokens=image_tokens,
                 cost_usd=cost_usd,
             ),
             warnings=[
@@ -259,6 +297,12 @@ def _run_locked(
             attempt_id=attempt_id,
             finish_reason=answer.finish_reason,
             fingerprint=fingerprint,
+            media_resolution=options.media_resolution,
+            answer_reused_from=(
+                ReusedAnswer(job_id=reused.job_id, answered_at=reused.answered_at)
+                if reused is not None
+                else None
+            ),
         )
         result_uri = join_uri(folder, RESULT_NAME)
         created = ports.stores.create_exclusive(
@@ -282,6 +326,66 @@ def _run_locked(
     )
 
 
+def _answer(
+    job: Job,
+    ports: Ports,
+    task: VisionTask,
+    spec: TaskSpec,
+    model: str,
+    request: ModelRequest,
+    options: GenerationOptions,
+    *,
+    images: RequestImages | None,
+    facts: Sequence[ImageFacts],
+    paid: tuple[ModelAnswer, list[str]] | None,
+    lookup: Lookup,
+    fingerprint: str,
+    cache_key: str | None,
+    timer: StageTimer,
+    estimate_usd: float,
+) -> tuple[ModelAnswer, list[str], TaskOutput]:
+    """The job's answer, read: the one this job already paid for, the cache's, or the
+    model's. Returns it with how each image went and what the task read from it."""
+    reused = lookup.found
+    if paid is not None:
+        # an earlier delivery was answered and died before committing: publish that
+        # answer instead of paying for a second one
+        log.info("reusing the stored model answer", extra={"job_id": job.job_id})
+        answer, transports = paid
+    elif reused is not None:
+        log.info(
+            "reusing the answer of an identical request",
+            extra={"job_id": job.job_id, "answered_for": reused.job_id},
+        )
+        # nothing was sent and nothing was spent
+        answer = replace(reused.answer, usage=TokenUsage())
+        transports = [REUSED_TRANSPORT] * len(facts)
+    else:
+        assert images is not None
+        with timer.stage("ask"):
+            transports, answer = _ask(
+                ports, job.job_id, model, images, request, options, estimate_usd
+            )
+        # paid for: kept before anything else can fail, so no retry pays again
+        ports.answers.put(job.job_id, fingerprint, answer, transports)
+
+    with timer.stage("read"):
+        try:
+            parsed = task.parse(answer.text, spec, [f.size for f in facts])
+            output, warnings = bounded_output(parsed)
+        except ModelOutputInvalid:
+            ports.answers.forget(job.job_id)  # unreadable: the retry asks afresh
+            if reused is not None and cache_key is not None:
+                ports.answer_cache.forget(cache_key)  # and not from the cache again
+            raise
+    if cache_key is not None and reused is None and paid is None:
+        # read successfully: identical requests from now on reuse it (a fresh answer
+        # replaces the one before it)
+        ports.answer_cache.put(cache_key, answer, job_id=job.job_id, replace=job.options.fresh)
+        ANSWER_CACHE.labels("stored").inc()
+    return answer, transports, replace(parsed, output=output, warnings=warnings)
+
+
 def _ask(
     ports: Ports,
     job_id: str,
@@ -289,26 +393,41 @@ def _ask(
     images: RequestImages,
     request: ModelRequest,
     options: GenerationOptions,
+    estimate_usd: float,
 ) -> tuple[list[str], ModelAnswer]:
     """Send the images (inline or by File API URI) and the prompt; recover once when
     Gemini no longer knows a cached file or has not finished processing it. Returns how
-    each image went, and the answer."""
-    model_label = metric_model(model, ports.settings)
+    each image went, and the answer. Each call is paid from the fleet's day budget
+    (`worker.budget`): reserved at its estimate, settled at its cost."""
+    settings = ports.settings
+    model_label = metric_model(model, settings)
 
     def call(sent: list[SentImage]) -> tuple[list[str], ModelAnswer]:
-        ports.limiter.acquire(max_wait_s=ports.settings.gvw_rate_limit_max_wait_s)
+        max_wait_s = settings.gvw_rate_limit_max_wait_s
+        reservation = ports.budget.reserve(estimate_usd, max_wait_s=max_wait_s)
         try:
+            ports.limiter.acquire(max_wait_s=max_wait_s)
             answer = ports.gemini.generate(
                 model=model, images=[s.part for s in sent], request=request, options=options
             )
         except GvwError as err:
+            # refused before any work (429, 4xx) costs nothing; anything else may have
+            # been billed, and keeps its estimate
+            refused = isinstance(err, ModelRateLimited | ModelRejected)
+            ports.budget.settle(reservation, 0.0 if refused else estimate_usd)
+            if err.details.get("local"):
+                raise  # the fleet's own rate limit: Gemini was not called
             MODEL_CALLS.labels(model_label, err.code).inc()
             if isinstance(err, ModelRateLimited) and err.retry_after_s:
                 # one worker's 429 holds back the whole fleet for the time Gemini asked
                 ports.limiter.cool_down(err.retry_after_s)
             raise
+        except BaseException:
+            ports.budget.settle(reservation, estimate_usd)
+            raise
         MODEL_CALLS.labels(model_label, "ok").inc()
         cost = answer_cost_usd(ports, model, answer)
+        ports.budget.settle(reservation, cost if cost is not None else estimate_usd)
         if cost is not None:
             COST_USD.labels(model_label).inc(cost)
         TOKENS.labels("prompt").inc(answer.usage.prompt_tokens)
@@ -324,6 +443,32 @@ def _ask(
     except FileNotActive:  # still PROCESSING: wait for ACTIVE, once
         images.wait_files_active()
     return call(sent)
+
+
+def _estimate_usd(
+    ports: Ports,
+    model: str,
+    request: ModelRequest,
+    options: GenerationOptions,
+    image_tokens: int,
+) -> float:
+    """What the call is expected to cost: the tokens it sends (images by the estimate,
+    text at ~4 characters a token) and the output and thinking it allows."""
+    if not ports.budget.enabled:
+        return 0.0
+    schema = json.dumps(request.response_json_schema) if request.response_json_schema else ""
+    text_chars = len(request.prompt) + len(request.system_instruction or "") + len(schema)
+    thinking = thinking_for(
+        model, spatial=request.spatial, requested_budget=options.thinking_budget
+    )
+    output_tokens = expected_output_tokens(
+        max_output_tokens=options.max_output_tokens,
+        thinks=family_of(model).thinking_knob is not None,
+        thinking_budget=thinking.budget,
+        thinking_level=thinking.level,
+    )
+    prompt_tokens = image_tokens + -(-text_chars // 4)
+    return ports.prices.cost_usd(model, prompt_tokens, output_tokens) or 0.0
 
 
 def answer_cost_usd(ports: Ports, model: str, answer: ModelAnswer) -> float | None:

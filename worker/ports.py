@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from tasks.pricing import PriceTable
+from worker.answer_cache import AnswerCache
 from worker.answer_store import AnswerStore
+from worker.budget import Budget
 from worker.deliveries import Deliveries
 from worker.gemini.file_cache import FileCache
 from worker.gemini.port import Gemini
@@ -52,6 +54,8 @@ class Ports:
     answers: AnswerStore
     claims: JobClaims
     prices: PriceTable
+    answer_cache: AnswerCache
+    budget: Budget
 
     def sender(self) -> ImageSender:
         return ImageSender(

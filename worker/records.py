@@ -205,6 +205,13 @@ class Usage(RecordModel):
     cost_usd: float | None = None
 
 
+class ReusedAnswer(RecordModel):
+    """The job that paid for an answer this job reused, and when it was answered."""
+
+    job_id: str
+    answered_at: str
+
+
 class ResultRecord(RecordModel):
     """result.json (CONTRACT.md "Results")."""
 
@@ -226,6 +233,10 @@ class ResultRecord(RecordModel):
     finish_reason: str = ""
     completed_at: str = Field(default_factory=now_iso)
     fingerprint: str | None = None
+    # the job's options.media_resolution (None: the model's default)
+    media_resolution: str | None = None
+    # the answer came from the answer cache (GVW_ANSWER_CACHE_TTL_S): whose it was
+    answer_reused_from: ReusedAnswer | None = None
 
 
 class ErrorDetail(RecordModel):

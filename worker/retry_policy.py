@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from tasks.errors import (
     AttemptTimedOut,
+    BudgetExhausted,
     GvwError,
     JobBusy,
     ModelOutputInvalid,
@@ -28,13 +29,20 @@ class RetryPolicy:
     max_waits: int = 200
     max_timeouts: int = 2
 
-    def should_retry(self, error: GvwError, retries_so_far: int) -> bool:
+    def should_retry(self, error: GvwError, retries_so_far: int, *, waits_so_far: int = 0) -> bool:
+        """``retries_so_far`` counts every time the job went back to the queue;
+        ``waits_so_far`` those that were waits (this one included when it is one), so
+        waiting never uses up the retries of real failures."""
         if not error.retryable:
             return False
-        if _is_waiting(error):
-            # not a failure: another worker runs the job, or the fleet's budget is spent;
+        if isinstance(error, BudgetExhausted):
+            # the day's budget: the wait ends when the next day opens, however long
+            return True
+        if is_waiting(error):
+            # not a failure: another worker runs the job, or the fleet's rate is spent;
             # the job comes back until it can run (bounded against a stuck holder)
-            return retries_so_far < self.max_waits
+            return max(waits_so_far, 1) <= self.max_waits
+        retries_so_far -= waits_so_far
         if isinstance(error, ModelOutputInvalid):
             return retries_so_far < self.output_retries
         if isinstance(error, AttemptTimedOut):
@@ -50,7 +58,7 @@ class RetryPolicy:
         if isinstance(error, JobBusy):
             # the other worker will commit soon; come back quickly to find its result
             return min(self.max_s, 2.0 + uniform(0, 2.0))
-        if _is_waiting(error):
+        if is_waiting(error):
             # our own budget: come back when it frees, spread over a second
             wait_s = float(error.details.get("retry_after_s") or 1.0)
             return min(self.max_s, wait_s + uniform(0, 1.0))
@@ -63,7 +71,8 @@ class RetryPolicy:
         return min(delay_s, self.max_s)
 
 
-def _is_waiting(error: GvwError) -> bool:
-    return isinstance(error, JobBusy) or (
+def is_waiting(error: GvwError) -> bool:
+    """The job goes back to the queue without having failed."""
+    return isinstance(error, JobBusy | BudgetExhausted) or (
         isinstance(error, ModelRateLimited) and bool(error.details.get("local"))
     )

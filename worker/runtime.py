@@ -17,7 +17,9 @@ import redis
 from PIL import Image
 
 from tasks import registry
+from worker.answer_cache import AnswerCache, LocalAnswerCache, NoAnswerCache, RedisAnswerCache
 from worker.answer_store import AnswerStore, LocalAnswerStore, RedisAnswerStore
+from worker.budget import Budget, LocalBudget, NoBudget, RedisBudget
 from worker.deliveries import Deliveries, LocalDeliveries, RedisDeliveries
 from worker.gemini import GeminiGateway
 from worker.gemini.file_cache import FileCache, LocalFileCache, RedisFileCache
@@ -54,6 +56,10 @@ def build_ports(settings: Settings, *, local: bool = False) -> Ports:
         deliveries = LocalDeliveries()
         answers = LocalAnswerStore()
         claims = LocalJobClaims(ttl_s=settings.gvw_job_id_ttl_s)
+        budget: Budget = LocalBudget(budget_usd=settings.gvw_budget_usd_per_day)
+        answer_cache: AnswerCache = LocalAnswerCache(
+            ttl_s=settings.gvw_answer_cache_ttl_s, lead_ttl_s=settings.gvw_hard_time_limit_s
+        )
     else:
         client = redis.Redis.from_url(
             settings.gvw_redis_url,
@@ -77,6 +83,22 @@ def build_ports(settings: Settings, *, local: bool = False) -> Ports:
         deliveries = RedisDeliveries(client)
         answers = RedisAnswerStore(client)
         claims = RedisJobClaims(client, ttl_s=settings.gvw_job_id_ttl_s)
+        budget = RedisBudget(
+            client,
+            project=settings.api_project_fingerprint,
+            budget_usd=settings.gvw_budget_usd_per_day,
+        )
+        answer_cache = RedisAnswerCache(
+            client,
+            project=settings.api_project_fingerprint,
+            ttl_s=settings.gvw_answer_cache_ttl_s,
+            # past the task's hard limit: a live leader always holds it to the end
+            lead_ttl_s=settings.gvw_hard_time_limit_s,
+        )
+    if settings.gvw_answer_cache_ttl_s == 0:
+        answer_cache = NoAnswerCache()
+    if settings.gvw_budget_usd_per_day == 0:
+        budget = NoBudget()
     return Ports(
         settings=settings,
         stores=StoreRouter(
@@ -95,6 +117,8 @@ def build_ports(settings: Settings, *, local: bool = False) -> Ports:
         answers=answers,
         claims=claims,
         prices=load_prices(settings.gvw_prices_file),
+        answer_cache=answer_cache,
+        budget=budget,
     )
 
 

@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     # long, ~150 bytes a job, and in its records for as long as they live); another job
     # under it is refused.
     gvw_job_id_ttl_s: int = Field(default=24 * 3600, ge=60)
+    # An answer is paid once: identical requests (same image bytes, task, prompt, labels,
+    # schema, model, options) from any job within this many seconds reuse it (0 = off).
+    gvw_answer_cache_ttl_s: int = Field(default=0, ge=0)
+    # Dollars the fleet may spend on Gemini per UTC day, at the price table's rates,
+    # shared by every worker through Redis (0 = no budget). worker/budget.py.
+    gvw_budget_usd_per_day: float = Field(default=0.0, ge=0)
     # A JSON price table merged over the shipped one (worker/data/prices.json): the
     # operator's own prices, or models the shipped table does not know.
     gvw_prices_file: str | None = None

@@ -13,7 +13,16 @@ from typing import Any
 
 import pytest
 
-from tasks.errors import InvalidImage, JobIdConflict, RecordNotWritten, StorageUnavailable, TooLarge
+from tasks.errors import (
+    InvalidImage,
+    InvalidJob,
+    JobIdConflict,
+    ModelOutputInvalid,
+    QuotaExhausted,
+    RecordNotWritten,
+    StorageUnavailable,
+    TooLarge,
+)
 from worker.emulator.scenes import make_scene
 from worker.emulator.server import EmulatorServer
 from worker.failures import publish_error, publish_pending_record
@@ -215,3 +224,168 @@ def test_a_failure_storage_refuses_is_kept_and_written_later(
     assert ports.deliveries.pending_record("later") is None
     record = record_of(root, "later")
     assert isinstance(record, ErrorRecord) and record.error.code == "invalid_image"
+
+
+# ---- the answer cache (GVW_ANSWER_CACHE_TTL_S) ----------------------------------------
+
+
+def test_an_identical_request_is_answered_once_across_job_ids(
+    emulator: EmulatorServer, root: Path
+) -> None:
+    ports = local_ports(emulator, root, gvw_answer_cache_ttl_s=3600)
+    # the same bytes under two names: the key is the content, not the URI or the job id
+    a, b = put(root, "a.png", scene_png(3)), put(root, "copy.png", scene_png(3))
+    before = calls(emulator)
+    run(parse_job({"job_id": "payer", "task": "detect", "prompt": "shapes", "images": [a]}), ports)
+    run(parse_job({"job_id": "reuser", "task": "detect", "prompt": "shapes", "images": [b]}), ports)
+    assert calls(emulator) == before + 1
+    payer, reuser = record_of(root, "payer"), record_of(root, "reuser")
+    assert isinstance(payer, ResultRecord) and isinstance(reuser, ResultRecord)
+    assert payer.answer_reused_from is None and payer.usage.total_tokens > 0
+    assert reuser.answer_reused_from is not None
+    assert reuser.answer_reused_from.job_id == "payer"
+    assert reuser.output == payer.output
+    assert (reuser.usage.total_tokens, reuser.usage.cost_usd) == (0, 0.0)
+    assert [image.transport for image in reuser.images] == ["none"]
+    assert reuser.images[0].uri == b  # its own images, described as always
+    assert reuser.artifacts and reuser.artifacts != payer.artifacts  # its own overlay
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param({"prompt": "circles only"}, id="prompt"),
+        pytest.param({"model": "gemini-2.5-pro"}, id="model"),
+        pytest.param({"options": {"temperature": 0.3}}, id="options"),
+        pytest.param({"options": {"fresh": True}}, id="fresh"),
+        pytest.param({"seed": 4}, id="image"),
+    ],
+)
+def test_a_request_that_differs_or_asks_fresh_calls_the_model(
+    emulator: EmulatorServer, root: Path, change: dict[str, Any]
+) -> None:
+    ports = local_ports(emulator, root, gvw_answer_cache_ttl_s=3600)
+    job = {"task": "detect", "prompt": "shapes", "images": [put(root, "a.png", scene_png(3))]}
+    run(parse_job({"job_id": "first", **job}), ports)
+    seed = change.pop("seed", None)
+    if seed is not None:
+        change = {"images": [put(root, "other.png", scene_png(seed))]}
+    before = calls(emulator)
+    run(parse_job({"job_id": "second", **job, **change}), ports)
+    assert calls(emulator) == before + 1
+    second = record_of(root, "second")
+    assert isinstance(second, ResultRecord) and second.answer_reused_from is None
+
+
+def test_without_the_cache_every_job_pays(emulator: EmulatorServer, root: Path) -> None:
+    ports = local_ports(emulator, root)  # GVW_ANSWER_CACHE_TTL_S=0, the default
+    uri = put(root, "a.png", scene_png(3))
+    before = calls(emulator)
+    for job_id in ("one", "two"):
+        run(parse_job({"job_id": job_id, "task": "caption", "images": [uri]}), ports)
+    assert calls(emulator) == before + 2
+
+
+def test_an_unreadable_answer_is_never_handed_on(emulator: EmulatorServer, root: Path) -> None:
+    ports = local_ports(emulator, root, gvw_answer_cache_ttl_s=3600)
+    job = {"task": "detect", "prompt": "shapes", "images": [put(root, "a.png", scene_png(5))]}
+    emulator.queue_fault("garbage", count=1)
+    with pytest.raises(ModelOutputInvalid):
+        run(parse_job({"job_id": "garbled", **job}), ports)
+    before = calls(emulator)
+    run(parse_job({"job_id": "next", **job}), ports)
+    assert calls(emulator) == before + 1  # asked, not served the garbage
+    record = record_of(root, "next")
+    assert isinstance(record, ResultRecord) and record.answer_reused_from is None
+
+
+def test_a_cache_hit_uploads_nothing(emulator: EmulatorServer, root: Path) -> None:
+    # a request past the inline limit goes by File API: on a hit, nothing is uploaded
+    ports = local_ports(emulator, root, gvw_inline_max_bytes=4_000, gvw_answer_cache_ttl_s=3600)
+    images = [put(root, f"u{i}.png", scene_png(20 + i, 640, 480)) for i in range(2)]
+    run(parse_job({"job_id": "up-1", "task": "compare", "images": images}), ports)
+    first = record_of(root, "up-1")
+    assert isinstance(first, ResultRecord)
+    assert {image.transport for image in first.images} == {"file_api"}
+    emulator.expire_files()  # a second job that asked would have to upload again
+    uploads, before = emulator.stats()["uploads_completed"], calls(emulator)
+    run(parse_job({"job_id": "up-2", "task": "compare", "images": images}), ports)
+    assert (emulator.stats()["uploads_completed"], calls(emulator)) == (uploads, before)
+
+
+# ---- media_resolution ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "level", "image_tokens"),
+    [
+        # per request on 2.5 (the emulator refuses a per-part level there)
+        pytest.param("gemini-2.5-flash", "low", 64, id="2.5-low"),
+        pytest.param("gemini-2.5-flash", None, 1548, id="2.5-default"),
+        # per image part on 3 (the emulator refuses ultra_high on the request)
+        pytest.param("gemini-3-flash-preview", "ultra_high", 2240, id="3-ultra_high"),
+        pytest.param("gemini-3-flash-preview", "medium", 560, id="3-medium"),
+    ],
+)
+def test_media_resolution_is_sent_the_way_the_model_takes_it(
+    emulator: EmulatorServer, root: Path, model: str, level: str | None, image_tokens: int
+) -> None:
+    ports = local_ports(emulator, root)
+    uri = put(root, "wide.png", scene_png(8, 960, 540))
+    options = {"media_resolution": level} if level else {}
+    job = {"job_id": "res", "task": "caption", "model": model, "images": [uri]}
+    run(parse_job({**job, "options": options}), ports)
+    record = record_of(root, "res")
+    assert isinstance(record, ResultRecord)
+    assert record.media_resolution == level
+    assert record.usage.estimated_image_tokens == image_tokens
+    prompt_text_tokens = record.usage.prompt_tokens - image_tokens
+    assert 0 < prompt_text_tokens < 100  # the model counted what the estimate said
+
+
+def test_ultra_high_on_an_older_model_is_the_jobs_error(
+    emulator: EmulatorServer, root: Path
+) -> None:
+    ports = local_ports(emulator, root)
+    uri = put(root, "a.png", scene_png())
+    before = calls(emulator)
+    job = {"job_id": "ultra", "task": "caption", "images": [uri]}
+    with pytest.raises(InvalidJob, match="ultra_high needs a Gemini 3"):
+        run(parse_job({**job, "options": {"media_resolution": "ultra_high"}}), ports)
+    assert calls(emulator) == before
+
+
+# ---- the day's budget (GVW_BUDGET_USD_PER_DAY) -------------------------------------------
+
+
+def test_a_budget_needs_a_price_for_the_model(emulator: EmulatorServer, root: Path) -> None:
+    ports = local_ports(emulator, root, gvw_budget_usd_per_day=5.0)
+    job = {"job_id": "unpriced", "task": "caption", "model": "gemini-flash-latest"}
+    with pytest.raises(InvalidJob, match="no price in the price table"):
+        run(parse_job({**job, "images": [put(root, "a.png", scene_png())]}), ports)
+
+
+def test_a_request_dearer_than_the_day_is_refused_for_good(
+    emulator: EmulatorServer, root: Path
+) -> None:
+    ports = local_ports(emulator, root, gvw_budget_usd_per_day=0.0001)
+    job = {"job_id": "dear", "task": "caption", "images": [put(root, "a.png", scene_png())]}
+    before = calls(emulator)
+    with pytest.raises(QuotaExhausted, match="more than the whole day's budget"):
+        run(parse_job(job), ports)
+    assert calls(emulator) == before
+
+
+def test_each_call_is_settled_at_what_it_cost(emulator: EmulatorServer, root: Path) -> None:
+    ports = local_ports(emulator, root, gvw_budget_usd_per_day=1.0)
+    for seed in (1, 2):
+        job = {"job_id": f"spend-{seed}", "task": "caption"}
+        run(parse_job({**job, "images": [put(root, f"{seed}.png", scene_png(seed))]}), ports)
+    costs = []
+    for seed in (1, 2):
+        record = record_of(root, f"spend-{seed}")
+        assert isinstance(record, ResultRecord) and record.usage.cost_usd
+        costs.append(record.usage.cost_usd)
+    today = ports.budget.today()
+    assert today is not None and today.reserved_usd == 0
+    assert today.spent_usd == pytest.approx(sum(costs), abs=2e-6)

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.model_families import ThinkingChoice, family_of, thinking_for
+from tasks.errors import InvalidJob
+from tasks.model_families import ThinkingChoice, family_of, media_resolution_for, thinking_for
 
 
 @pytest.mark.parametrize(
@@ -53,3 +54,25 @@ def test_thinking_choice_per_family(
     model: str, spatial: bool, budget: int | None, expected: ThinkingChoice
 ) -> None:
     assert thinking_for(model, spatial=spatial, requested_budget=budget) == expected
+
+
+@pytest.mark.parametrize(
+    ("model", "level", "per_part", "request_wide"),
+    [
+        ("gemini-3-flash-preview", "low", "MEDIA_RESOLUTION_LOW", None),
+        ("gemini-3-pro-preview", "ultra_high", "MEDIA_RESOLUTION_ULTRA_HIGH", None),
+        ("gemini-2.5-flash", "medium", None, "MEDIA_RESOLUTION_MEDIUM"),
+        ("gemini-flash-latest", "high", None, "MEDIA_RESOLUTION_HIGH"),
+        ("gemini-2.5-flash", None, None, None),
+    ],
+)
+def test_media_resolution_goes_where_the_family_takes_it(
+    model: str, level: str | None, per_part: str | None, request_wide: str | None
+) -> None:
+    choice = media_resolution_for(model, level)
+    assert (choice.per_part, choice.request) == (per_part, request_wide)
+
+
+def test_ultra_high_needs_gemini_3() -> None:
+    with pytest.raises(InvalidJob, match="ultra_high needs a Gemini 3"):
+        media_resolution_for("gemini-2.5-flash", "ultra_high")

@@ -4,7 +4,14 @@ import random
 
 import pytest
 
-from tasks.errors import InvalidJob, JobBusy, ModelOutputInvalid, ModelRateLimited, ModelUnavailable
+from tasks.errors import (
+    BudgetExhausted,
+    InvalidJob,
+    JobBusy,
+    ModelOutputInvalid,
+    ModelRateLimited,
+    ModelUnavailable,
+)
 from worker.retry_policy import RetryPolicy
 
 POLICY = RetryPolicy(base_s=2.0, max_s=120.0, max_retries=8, output_retries=2)
@@ -48,3 +55,22 @@ def test_no_countdown_exceeds_the_cap(retry_after_s: float) -> None:
 
 def test_busy_job_comes_back_soon() -> None:
     assert 2.0 <= POLICY.countdown_s(JobBusy("busy"), 0) <= 4.0
+
+
+def test_waiting_never_uses_up_the_retries_of_real_failures() -> None:
+    err = ModelUnavailable("503")
+    # 45 of the 50 times the job went back it was waiting: 5 failures so far, 8 allowed
+    assert POLICY.should_retry(err, 50, waits_so_far=45)
+    assert not POLICY.should_retry(err, 50, waits_so_far=42)
+
+
+def test_a_budget_wait_lasts_until_the_next_day_however_often() -> None:
+    err = BudgetExhausted("spent", retry_after_s=7200.0, waits_for_day=True)
+    assert POLICY.should_retry(err, 10_000, waits_so_far=10_000)
+    assert POLICY.countdown_s(err, 0) <= 120.0  # back in the queue, never held for hours
+
+
+def test_other_waits_are_bounded_against_a_stuck_holder() -> None:
+    busy = JobBusy("busy")
+    assert POLICY.should_retry(busy, 0, waits_so_far=200)
+    assert not POLICY.should_retry(busy, 0, waits_so_far=201)

@@ -43,3 +43,23 @@ def test_estimate_image_tokens(width_px: int, height_px: int, expected: int) -> 
 def test_estimate_image_tokens_rejects_bad_sizes(width_px: object, height_px: object) -> None:
     with pytest.raises(ValueError):
         estimate_image_tokens(width_px, height_px)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("model", "level", "expected"),
+    [
+        # Gemini 3 and later: a fixed count per image, high by default
+        ("gemini-3-flash-preview", None, 1120),
+        ("gemini-3-pro-preview", "low", 280),
+        ("gemini-3-pro-preview", "medium", 560),
+        ("gemini-3-pro-preview", "ultra_high", 2240),
+        # earlier models: low and medium fix the count, high follows the tiles
+        ("gemini-2.5-flash", "low", 64),
+        ("gemini-2.5-flash", "medium", 256),
+        ("gemini-2.5-flash", "high", 1548),
+        ("gemini-2.5-flash", None, 1548),
+        ("gemini-flash-latest", "low", 64),  # an alias: the request-wide table
+    ],
+)
+def test_media_resolution_caps_the_estimate(model: str, level: str | None, expected: int) -> None:
+    assert estimate_image_tokens(960, 540, model=model, media_resolution=level) == expected

@@ -12,13 +12,13 @@ import base64
 import binascii
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from worker.emulator import errors
 from worker.emulator.files import FileStore
 from worker.emulator.protocol import field_value, new_response_id
-from worker.emulator.tokens import image_tokens, text_tokens
+from worker.emulator.tokens import image_tokens, is_gemini_3_or_later, text_tokens
 
 SUPPORTED_IMAGE_MIME_TYPES: Final = frozenset(
     {"image/png", "image/jpeg", "image/webp", "image/heic", "image/heif"}
@@ -41,6 +41,7 @@ class ImageInput:
     data: bytes = field(repr=False)
     source: str  # "inline" or "file"
     file_name: str | None = None
+    media_resolution: str | None = None  # the part's own level (Gemini 3 and later)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,11 @@ class GenerateRequest:
         if schema is None:
             schema = field_value(self.generation_config, "responseSchema")
         return schema if isinstance(schema, dict) else None
+
+    @property
+    def media_resolution(self) -> str | None:
+        value = field_value(self.generation_config, "mediaResolution")
+        return str(value) if value else None
 
     @property
     def max_output_tokens(self) -> int | None:
@@ -99,6 +105,7 @@ def parse_generate_request(
     if not isinstance(config, dict):
         raise errors.invalid_json("Invalid value at 'generation_config': expected an object.")
     _check_thinking(model, config)
+    _check_media_resolution(config)
 
     user_texts: list[str] = []
     images: list[ImageInput] = []
@@ -113,12 +120,13 @@ def parse_generate_request(
             text = part.get("text")
             if isinstance(text, str) and role != "model":
                 user_texts.append(text)
+            level = _part_media_resolution(model, part, where)
             inline = field_value(part, "inlineData")
             if isinstance(inline, dict):
-                images.append(_inline_image(inline, where))
+                images.append(replace(_inline_image(inline, where), media_resolution=level))
             file_data = field_value(part, "fileData")
             if isinstance(file_data, dict):
-                images.append(_file_image(file_data, files))
+                images.append(replace(_file_image(file_data, files), media_resolution=level))
 
     system_texts: list[str] = []
     system = field_value(body, "systemInstruction")
@@ -147,6 +155,38 @@ def _check_thinking(model: str, config: dict[str, Any]) -> None:
         raise errors.thinking_budget_and_level()
     if has_level and _BUDGET_ONLY_MODEL_RE.match(model):
         raise errors.thinking_level_unsupported(model)
+
+
+_REQUEST_LEVELS: Final = frozenset(
+    {"MEDIA_RESOLUTION_UNSPECIFIED", "MEDIA_RESOLUTION_LOW", "MEDIA_RESOLUTION_MEDIUM",
+     "MEDIA_RESOLUTION_HIGH"}
+)  # fmt: skip
+_PART_LEVELS: Final = _REQUEST_LEVELS | {"MEDIA_RESOLUTION_ULTRA_HIGH"}
+
+
+def _check_media_resolution(config: dict[str, Any]) -> None:
+    """The request-wide enum has no ULTRA_HIGH: proto JSON refuses unknown enum names."""
+    value = field_value(config, "mediaResolution")
+    if value is not None and value not in _REQUEST_LEVELS:
+        raise errors.invalid_json(
+            f"Invalid value at 'generation_config.media_resolution' "
+            f'(type.googleapis.com/google.ai.generativelanguage.v1beta.MediaResolution), "{value}"'
+        )
+
+
+def _part_media_resolution(model: str, part: dict[str, Any], where: str) -> str | None:
+    """A part's own `mediaResolution.level`: Gemini 3 and later only."""
+    value = field_value(part, "mediaResolution")
+    if value is None:
+        return None
+    level = field_value(value, "level") if isinstance(value, dict) else None
+    if level not in _PART_LEVELS:
+        raise errors.invalid_json(f"Invalid value at '{where}.media_resolution.level', {level!r}")
+    if not is_gemini_3_or_later(model):
+        raise errors.invalid_argument(  # wording ours
+            f"Per-part media resolution is not supported by models/{model}."
+        )
+    return str(level)
 
 
 def _inline_image(inline: dict[str, Any], where: str) -> ImageInput:
@@ -211,7 +251,15 @@ def prompt_usage(
 ) -> Usage:
     return Usage(
         text_tokens=sum(text_tokens(t) for t in request.text_parts),
-        image_tokens=sum(image_tokens(w, h) for w, h in image_sizes),
+        image_tokens=sum(
+            image_tokens(
+                w,
+                h,
+                model=request.model,
+                media_resolution=image.media_resolution or request.media_resolution,
+            )
+            for image, (w, h) in zip(request.images, image_sizes, strict=True)
+        ),
         candidates_tokens=text_tokens(answer) if answer is not None else None,
         thoughts_tokens=request.thoughts_token_count if answer is not None else None,
     )

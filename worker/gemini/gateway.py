@@ -19,7 +19,7 @@ from google.genai import types
 
 from tasks.base import ModelRequest
 from tasks.errors import ModelBlocked, ModelOutputInvalid, ModelRejected, ModelUnavailable
-from tasks.model_families import thinking_for
+from tasks.model_families import media_resolution_for, thinking_for
 from worker.gemini.errors import gemini_errors
 from worker.gemini.records import (
     GenerationOptions,
@@ -75,13 +75,15 @@ class GeminiGateway:
         request = ModelRequest(
             prompt="warm-up", response_json_schema={"type": "object"}, spatial=True
         )
-        config = self._config(_WARM_UP_MODEL, request, GenerationOptions())
+        config = self._config(_WARM_UP_MODEL, request, GenerationOptions(), "MEDIA_RESOLUTION_LOW")
         images = [
             ImagePart("image/png", data=b"\x89PNG"),
             ImagePart("image/png", file_uri=_WARM_UP_FILE_URI),
         ]
         types._GenerateContentParameters(
-            model=_WARM_UP_MODEL, contents=self._contents(images, request), config=config
+            model=_WARM_UP_MODEL,
+            contents=self._contents(images, request, "MEDIA_RESOLUTION_LOW"),
+            config=config,
         )
         # what generate_content does with a REST body; a private classmethod, so the
         # caller treats any failure here as "not warmed", never as an error
@@ -98,11 +100,13 @@ class GeminiGateway:
         request: ModelRequest,
         options: GenerationOptions,
     ) -> ModelAnswer:
-        config = self._config(model, request, options)
+        resolution = media_resolution_for(model, options.media_resolution)
+        config = self._config(model, request, options, resolution.request)
+        contents = self._contents(images, request, resolution.per_part)
         uses_files = any(part.file_uri is not None for part in images)
         with gemini_errors(uses_files=uses_files):
             response = self._client.models.generate_content(
-                model=model, contents=self._contents(images, request), config=config
+                model=model, contents=contents, config=config
             )
         return read_response(response)
 
@@ -154,13 +158,16 @@ class GeminiGateway:
             file = self.get_file(file.name)
 
     @staticmethod
-    def _contents(images: Sequence[ImagePart], request: ModelRequest) -> list[Any]:
+    def _contents(
+        images: Sequence[ImagePart], request: ModelRequest, resolution: str | None
+    ) -> list[Any]:
         # the guide: text after the image parts
-        return [*(_sdk_part(part) for part in images), types.Part.from_text(text=request.prompt)]
+        parts = [_sdk_part(part, resolution) for part in images]
+        return [*parts, types.Part.from_text(text=request.prompt)]
 
     @staticmethod
     def _config(
-        model: str, request: ModelRequest, options: GenerationOptions
+        model: str, request: ModelRequest, options: GenerationOptions, resolution: str | None
     ) -> types.GenerateContentConfig:
         thinking = thinking_for(
             model, spatial=request.spatial, requested_budget=options.thinking_budget
@@ -178,6 +185,7 @@ class GeminiGateway:
             thinking_config=thinking_config,
             temperature=options.temperature,
             max_output_tokens=options.max_output_tokens,
+            media_resolution=types.MediaResolution(resolution) if resolution else None,
         )
 
 
@@ -238,11 +246,14 @@ def _enum_name(value: Any) -> str:
     return str(getattr(value, "value", value))
 
 
-def _sdk_part(part: ImagePart) -> types.Part:
+def _sdk_part(part: ImagePart, resolution: str | None = None) -> types.Part:
+    level = types.PartMediaResolution(level=resolution) if resolution else None  # type: ignore[arg-type]
     if part.file_uri is not None:
-        return types.Part.from_uri(file_uri=part.file_uri, mime_type=part.mime_type)
+        return types.Part.from_uri(
+            file_uri=part.file_uri, mime_type=part.mime_type, media_resolution=level
+        )
     assert part.data is not None
-    return types.Part.from_bytes(data=part.data, mime_type=part.mime_type)
+    return types.Part.from_bytes(data=part.data, mime_type=part.mime_type, media_resolution=level)
 
 
 def _remote(file: types.File, *, size_bytes: int = 0, mime_type: str = "") -> RemoteFile:

@@ -40,6 +40,9 @@ class GenerationOptions:
     temperature: float | None = None
     thinking_budget: int | None = None
     max_output_tokens: int | None = None
+    # low | medium | high | ultra_high (None: the model's default); the gateway sends it
+    # per image part or per request, as the model family takes it
+    media_resolution: str | None = None
 
 
 @dataclass(frozen=True)

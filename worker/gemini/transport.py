@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
+from tasks.errors import StorageUnavailable
 from tasks.transport_plan import InlinePlanner, Transport
 from worker.gemini.file_cache import CachedFile, FileCache
 from worker.gemini.port import Gemini
@@ -49,12 +50,22 @@ class ImageSender:
         self._active_timeout_s = active_timeout_s
 
     def start(
-        self, *, prompt_bytes: int, job_id: str, refetch: Callable[[int], PreparedImage]
+        self,
+        *,
+        prompt_bytes: int,
+        job_id: str,
+        refetch: Callable[[int], PreparedImage],
+        defer_uploads: bool = False,
     ) -> RequestImages:
         """A request's images, added one at a time. ``refetch(index)`` prepares image
-        ``index`` again, for the rare re-upload after Gemini refused a cached file."""
+        ``index`` again, for the rare re-upload after Gemini refused a cached file.
+
+        ``defer_uploads``: the request may never be sent (the answer cache may hold its
+        answer), so images that outgrow the inline request are let go unuploaded and
+        uploaded by `sent`, prepared again: a cache hit costs no upload, a miss one more
+        read of the images that go by File API."""
         planner = InlinePlanner(prompt_bytes=prompt_bytes, inline_max_bytes=self._inline_max_bytes)
-        return RequestImages(self, planner, job_id, refetch)
+        return RequestImages(self, planner, job_id, refetch, defer_uploads=defer_uploads)
 
     def count(self, event: str) -> None:
         self._cache.count(event)
@@ -115,13 +126,18 @@ class RequestImages:
         planner: InlinePlanner,
         job_id: str,
         refetch: Callable[[int], PreparedImage],
+        *,
+        defer_uploads: bool = False,
     ) -> None:
         self._sender = sender
         self._planner = planner
         self._job_id = job_id
         self._refetch = refetch
+        self._defer_uploads = defer_uploads
         self._held: dict[int, PreparedImage] = {}
         self._by_uri: dict[int, SentImage] = {}
+        # index -> sent_sha256 of images let go before their upload (defer_uploads)
+        self._deferred: dict[int, str] = {}
         self._count = 0
 
     def add(self, image: PreparedImage) -> None:
@@ -134,12 +150,22 @@ class RequestImages:
             return
         self._held[index] = image
         for moved in self._planner.add(index, len(image.data)):
-            self._by_uri[moved] = _by_uri(
-                self._sender.shared_upload(self._held.pop(moved), self._job_id)
-            )
+            held = self._held.pop(moved)
+            if self._defer_uploads:
+                self._deferred[moved] = held.sent_sha256
+            else:
+                self._by_uri[moved] = _by_uri(self._sender.shared_upload(held, self._job_id))
 
     def sent(self) -> list[SentImage]:
         """Every image as it goes in the request, in the job's order."""
+        for index, sent_sha256 in sorted(self._deferred.items()):
+            image = self._refetch(index)
+            if image.sent_sha256 != sent_sha256:
+                # the object changed under the job: what was looked up is not what
+                # would be sent. The retry reads every image again.
+                raise StorageUnavailable(f"image {index} changed while the job was running")
+            self._by_uri[index] = _by_uri(self._sender.shared_upload(image, self._job_id))
+            del self._deferred[index]
         return [
             self._by_uri[i]
             if i in self._by_uri
