@@ -142,6 +142,11 @@ class FileNotActive(ModelRejected):
     pipeline waits for it once."""
 
 
+class UrlNotFetched(ModelRejected):
+    """Gemini could not fetch an image's URL (expired, unreachable from Google, gone): the
+    pipeline sends those images as bytes instead, once."""
+
+
 class QuotaExhausted(PermanentError):
     code = "quota_exhausted"
 

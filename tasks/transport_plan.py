@@ -10,7 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-Transport = Literal["inline", "file_api"]
+# how one image went: as bytes, by a File API URI, or by a URL Gemini fetched itself
+Transport = Literal["inline", "file_api", "url"]
+# GVW_TRANSPORT: how a deployment sends images
+TransportMode = Literal["auto", "inline", "file_api", "url"]
 
 # JSON keys, mime types and generation config around the parts of a request
 REQUEST_OVERHEAD_BYTES = 4096

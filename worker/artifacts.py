@@ -244,45 +244,47 @@ def write_artifacts(
     overlay_max_side_px: int,
     folder: str,
     attempt_id: str,
-    prepared: Sequence[PreparedImage],
+    size_px: tuple[int, int] | None,
+    picture: PreparedImage | None,
     parsed: TaskOutput,
     written: list[str],
 ) -> dict[str, str]:
-    """Mask PNGs and the overlay of the first image (``prepared[0]``, with its pixels;
-    none when the job says ``options.overlay: false``), under this attempt's own folder. Mask entries are added to
-    `parsed.output["objects"]` (uri, area, COCO RLE)."""
+    """Mask PNGs, the size of the first (upright) image (``size_px``), and its overlay,
+    drawn on ``picture`` (prepared with its pixels; none when the job says
+    ``options.overlay: false``), under this attempt's own folder. Mask entries are added
+    to `parsed.output["objects"]` (uri, area, COCO RLE)."""
     artifacts: dict[str, str] = {}
     objects = parsed.output.get("objects")
-    if job.task not in OVERLAY_TASKS or not isinstance(objects, list) or not prepared:
+    if job.task not in OVERLAY_TASKS or not isinstance(objects, list) or size_px is None:
         return artifacts
     base = join_uri(folder, "attempts", attempt_id)
-    image = prepared[0]
+    width_px, height_px = size_px
     masks: list[BoxMask | None] = list(parsed.masks or [None] * len(objects))
     for index, (obj, mask) in enumerate(zip(objects, masks, strict=True)):
         if mask is None:
             continue
         # names come from the index and a slug, never from the raw label
         uri = join_uri(base, "masks", f"{index:03d}-{slug(str(obj.get('label', '')))}.png")
-        png = encode_mask_png(mask, image.width_px, image.height_px)
+        png = encode_mask_png(mask, width_px, height_px)
         stores.put_bytes(uri, png, content_type="image/png")
         written.append(uri)
         obj["mask"] = uri
         obj["mask_area"] = mask.area_px()
-        obj["mask_rle"] = encode_box_mask_rle(mask, image.width_px, image.height_px)
+        obj["mask_rle"] = encode_box_mask_rle(mask, width_px, height_px)
     if not job.options.overlay:
         return artifacts
-    if image.upright is None:
+    if picture is None or picture.upright is None:
         raise ValueError("the overlay's image was prepared without its pixels")
-    image_format, extension, content_type = overlay_format(image.source_format)
-    picture = render_overlay(
-        image.upright,
+    image_format, extension, content_type = overlay_format(picture.source_format)
+    drawn = render_overlay(
+        picture.upright,
         objects,
         masks=masks,
         max_side_px=overlay_max_side_px,
         image_format=image_format,
     )
     uri = join_uri(base, f"overlay.{extension}")
-    stores.put_bytes(uri, picture, content_type=content_type)
+    stores.put_bytes(uri, drawn, content_type=content_type)
     written.append(uri)
     artifacts["overlay"] = uri
     return artifacts

@@ -16,6 +16,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tasks.model_families import family_of, thinking_for
+from tasks.pricing import PriceTable, expected_output_tokens
+from tasks.tokens import estimate_image_tokens
 from worker.client import VisionClient
 from worker.progress import Progress
 from worker.storage import ObjectInfo
@@ -120,3 +123,151 @@ def wait_all(
         bar.close()
     summary.pending = len(pending)
     return summary
+
+
+# --- `--dry-run`: what a prefix would cost, before anything is spent ----------------------
+
+# what a header read takes: enough for the size of every format we take (a JPEG's EXIF
+# and ICC blocks come first, and can be long)
+HEADER_BYTES = 64 * 1024
+# the sizes of the tasks' default prompts and instructions, in characters, for the
+# text tokens of a request (~4 characters a token)
+_PROMPT_CHARS = 600
+
+
+@dataclass
+class PrefixEstimate:
+    """What enqueueing a prefix would send and cost, from its listing and the headers of a
+    sample of its objects (their pixel sizes set the image tokens)."""
+
+    objects: int = 0
+    total_bytes: int = 0
+    sampled: int = 0
+    unreadable: int = 0  # sampled objects whose header gave no size (not images, cut)
+    image_tokens_per_job: float = 0.0
+    text_tokens_per_job: int = 0
+    output_tokens_per_job: int = 0
+    model: str = ""
+    usd_per_million_in: float | None = None
+    usd_interactive: float | None = None
+    usd_batch: float | None = None
+    prices_taken_on: str = ""
+
+    @property
+    def input_tokens(self) -> int:
+        return round(self.objects * (self.image_tokens_per_job + self.text_tokens_per_job))
+
+    @property
+    def output_tokens(self) -> int:
+        return self.objects * self.output_tokens_per_job
+
+    def lines(self) -> list[str]:
+        cost = (
+            f"${_usd(self.usd_interactive)} interactive, ${_usd(self.usd_batch)} through the "
+            f"Batch API (prices of {self.prices_taken_on})"
+            if self.usd_interactive is not None and self.usd_batch is not None
+            else f"no price for {self.model} in the price table (GVW_PRICES_FILE)"
+        )
+        return [
+            f"dry run: {self.objects:,} images ({self.total_bytes / 1e9:,.2f} GB) would be "
+            f"enqueued for {self.model}; nothing was submitted",
+            f"tokens: about {self.input_tokens:,} in ({self.image_tokens_per_job:,.0f} image "
+            f"tokens a job, from the headers of {self.sampled} sampled objects"
+            + (f", {self.unreadable} without a readable size" if self.unreadable else "")
+            + f"), at most {self.output_tokens:,} out ({self.output_tokens_per_job:,} a job, "
+            "output and thinking as the job allows)",
+            f"cost: at most {cost}",
+        ]
+
+
+def _usd(amount: float) -> str:
+    return f"{amount:,.2f}" if amount >= 100 else f"{amount:,.4f}"
+
+
+def estimate_prefix(
+    objects: Iterable[ObjectInfo],
+    template: Mapping[str, Any],
+    *,
+    read_head: Callable[[str, int], bytes],
+    prices: PriceTable,
+    model: str,
+    fit_within_px: int,
+    suffixes: tuple[str, ...] = (),
+    sample: int = 100,
+) -> PrefixEstimate:
+    """Count the prefix's images from the listing, read the headers of up to ``sample`` of
+    them spread evenly across it, and price the jobs at ``prices``: input from the
+    sampled pixel sizes and the prompt, output at the most each job allows."""
+    chosen = [o for o in objects if not suffixes or o.uri.lower().endswith(suffixes)]
+    estimate = PrefixEstimate(
+        objects=len(chosen), total_bytes=sum(o.size_bytes for o in chosen), model=model
+    )
+    if not chosen:
+        return estimate
+    step = max(1, len(chosen) // max(1, sample))
+    options = dict(template.get("options") or {})
+    resolution = options.get("media_resolution")
+    tokens: list[int] = []
+    for obj in chosen[::step][:sample]:
+        estimate.sampled += 1
+        size = _header_size(read_head(obj.uri, HEADER_BYTES))
+        if size is None:
+            estimate.unreadable += 1
+            continue
+        width, height = _sent_size(size, fit_within_px if template.get("task") == "segment" else 0)
+        tokens.append(
+            estimate_image_tokens(width, height, model=model, media_resolution=resolution)
+        )
+    estimate.image_tokens_per_job = sum(tokens) / len(tokens) if tokens else 0.0
+    prompt = str(template.get("prompt") or "") + json.dumps(template.get("response_schema") or "")
+    estimate.text_tokens_per_job = -(-(len(prompt) + _PROMPT_CHARS) // 4)
+    spatial = template.get("task") in ("detect", "segment")
+    thinking = thinking_for(model, spatial=spatial, requested_budget=options.get("thinking_budget"))
+    estimate.output_tokens_per_job = expected_output_tokens(
+        max_output_tokens=options.get("max_output_tokens"),
+        thinks=family_of(model).thinking_knob is not None,
+        thinking_budget=thinking.budget,
+        thinking_level=thinking.level,
+    )
+    estimate.prices_taken_on = prices.taken_on
+    per_job_in = round(estimate.image_tokens_per_job) + estimate.text_tokens_per_job
+    one = prices.cost_usd(model, per_job_in, estimate.output_tokens_per_job)
+    one_batch = prices.cost_usd(model, per_job_in, estimate.output_tokens_per_job, batch=True)
+    if one is not None and one_batch is not None:
+        estimate.usd_interactive = one * estimate.objects
+        estimate.usd_batch = one_batch * estimate.objects
+    return estimate
+
+
+def _header_size(head: bytes) -> tuple[int, int] | None:
+    """An image's (width, height) from its first bytes, nothing decoded; None when they
+    do not give it. Pillow is imported here: the rest of this module stays light."""
+    import io
+    import warnings
+
+    from PIL import Image
+
+    from worker.images import sniff_image_format
+
+    fmt = sniff_image_format(head)
+    if fmt is None or fmt in ("HEIC", "HEIF"):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(head), formats=[fmt]) as im:
+                width, height = im.size
+                orientation = im.getexif().get(0x0112, 1) if fmt == "JPEG" else 1
+    except Exception:  # a header cut short, or bytes Pillow cannot read: no size
+        return None
+    # orientations 5-8 turn the picture a quarter: what is sent is the other way round
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def _sent_size(size: tuple[int, int], fit_within_px: int) -> tuple[int, int]:
+    width, height = size
+    longest = max(width, height)
+    if fit_within_px <= 0 or longest <= fit_within_px:
+        return width, height
+    scale = fit_within_px / longest
+    return max(1, round(width * scale)), max(1, round(height * scale))

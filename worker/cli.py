@@ -116,7 +116,26 @@ def build_parser() -> argparse.ArgumentParser:
     bulk.add_argument("--output", metavar="URI")
     bulk.add_argument("--model", metavar="M")
     bulk.add_argument("--schema", metavar="JSON", help="custom only: inline JSON or @file.json")
+    bulk.add_argument(
+        "--options",
+        dest="options_json",
+        metavar="JSON",
+        help='the jobs\' options, e.g. \'{"media_resolution": "low", "max_output_tokens": 200}\'',
+    )
     bulk.add_argument("--wait", action="store_true", help="wait for every job and summarise")
+    bulk.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="submit nothing: count the images and estimate their tokens and cost (from the "
+        "listing and the headers of --sample objects)",
+    )
+    bulk.add_argument(
+        "--sample",
+        type=int,
+        default=100,
+        metavar="N",
+        help="--dry-run: objects whose headers are read for their pixel sizes (default 100)",
+    )
     bulk.add_argument("--timeout", type=float, default=3600.0, metavar="S")
 
     for name, helptext in (("status", "show a job's state"), ("result", "print a job's result")):
@@ -298,6 +317,8 @@ def _job_options(args: argparse.Namespace) -> dict[str, Any]:
             with open(text[1:], encoding="utf-8") as handle:
                 text = handle.read()
         options["response_schema"] = json.loads(text)
+    if getattr(args, "options_json", None):
+        options["options"] = json.loads(args.options_json)
     return options
 
 
@@ -315,6 +336,23 @@ def _cmd_enqueue_prefix(args: argparse.Namespace) -> int:
         connect_timeout_s=settings.gvw_s3_connect_timeout_s,
         read_timeout_s=settings.gvw_s3_read_timeout_s,
     )
+    if args.dry_run:
+        from worker.bulk import estimate_prefix
+        from worker.prices import load_prices
+
+        estimate = estimate_prefix(
+            stores.list_objects(args.prefix),
+            template,
+            read_head=lambda uri, size: stores.read_head(uri, max_bytes=size).data,
+            prices=load_prices(settings.gvw_prices_file),
+            model=str(template.get("model") or settings.gvw_model),
+            fit_within_px=settings.gvw_fit_within_px,
+            suffixes=suffixes,
+            sample=max(1, args.sample),
+        )
+        for line in estimate.lines():
+            print(line)
+        return EXIT_OK
     client = VisionClient(settings=settings, stores=stores)
     summary = enqueue_prefix(
         client, stores.list_objects(args.prefix), template, suffixes=suffixes, progress=Progress

@@ -154,14 +154,19 @@ class ImageFacts:
     job while the bytes and pixels of each are let go as soon as the request has them."""
 
     uri: str
-    sha256: str
+    sha256: str | None
     mime_type: str
     width_px: int
     height_px: int
     sent_width_height_px: tuple[int, int]
     decoder_warnings: tuple[str, ...]
     sent_sha256: str = ""
-    """Hex SHA-256 of the bytes sent (what the answer cache is keyed by)."""
+    """The identity of the bytes sent, what the answer cache is keyed by: their hex
+    SHA-256, or for an object Gemini fetches itself its S3 checksum or ETag and size."""
+    object_etag: str | None = None  # transport "url": the object Gemini fetched
+    object_version_id: str | None = None
+    object_size_bytes: int | None = None
+    object_checksum_sha256: str | None = None
 
     @property
     def size(self) -> ImageSize:
@@ -178,6 +183,10 @@ class ImageFacts:
             transport=transport,
             sent_width=self.sent_width_height_px[0],
             sent_height=self.sent_width_height_px[1],
+            size_bytes=self.object_size_bytes,
+            etag=self.object_etag,
+            version_id=self.object_version_id,
+            s3_checksum_sha256=self.object_checksum_sha256,
         )
 
 
@@ -445,7 +454,16 @@ def _open_guarded(
         raise
     except Exception as exc:
         raise InvalidImage(f"cannot decode {source_format} image: {exc}") from exc
-    width_px, height_px = im.size
+    check_pixels(im.size, source_format, max_pixels, job_pixels_left)
+    return im
+
+
+def check_pixels(
+    size_px: tuple[int, int], source_format: str, max_pixels: int, job_pixels_left: int | None
+) -> None:
+    """Refuse an image too large to decode (``max_pixels``, Pillow's own threshold) or to
+    fit what the job's pixel budget has left, from its header's size."""
+    width_px, height_px = size_px
     if width_px <= 0 or height_px <= 0:
         raise InvalidImage(f"{source_format} image has an empty size {width_px}x{height_px}")
     pixels = width_px * height_px
@@ -468,7 +486,53 @@ def _open_guarded(
             width_px=width_px,
             height_px=height_px,
         )
-    return im
+
+
+@dataclass(frozen=True)
+class HeaderFacts:
+    """What an image's first bytes say about it, nothing decoded."""
+
+    source_format: str
+    mode: str
+    width_px: int
+    height_px: int
+    exif_orientation: int
+
+    @property
+    def sendable_as_is(self) -> bool:
+        """Gemini takes it as stored: a type it reads, upright, in a plain mode."""
+        return (
+            self.source_format in MIME_BY_FORMAT
+            and self.exif_orientation == 1
+            and self.mode in _PLAIN_MODES
+        )
+
+
+def read_header(
+    head: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, job_pixels_left: int | None = None
+) -> HeaderFacts | None:
+    """The size, mode and EXIF orientation of a JPEG from its first bytes (``head``).
+
+    JPEG only: its EXIF block comes before the image data, so the first bytes settle the
+    orientation; a PNG or WebP may keep its EXIF after the pixels, so only a whole read
+    would. None when ``head`` is not a JPEG or ends inside its header (a large EXIF or
+    ICC block). Raises `TooLarge` like `prepare_image`, from the header's size.
+    """
+    if sniff_image_format(head) != "JPEG":
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the decode path reports them; nothing decodes here
+            with Image.open(io.BytesIO(head), formats=["JPEG"]) as im:
+                facts = HeaderFacts("JPEG", im.mode, *im.size, _exif_orientation(im))
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise TooLarge(f"image too large: {exc}") from exc
+    except MemoryError:
+        raise
+    except Exception:
+        return None  # cut inside the header, or not a JPEG Pillow reads: the bytes way
+    check_pixels((facts.width_px, facts.height_px), "JPEG", max_pixels, job_pixels_left)
+    return facts
 
 
 def _exif_orientation(im: Image.Image) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -39,6 +40,11 @@ FILE_EVENTS = Counter(
 )
 ANSWER_CACHE = Counter(
     "gvw_answer_cache_total", "Answer cache look-ups and stores (hit, miss, stored)", ["event"]
+)
+URL_FALLBACKS = Counter(
+    "gvw_url_fallbacks_total",
+    "Images of GVW_TRANSPORT=url deployments sent as bytes instead, by reason",
+    ["reason"],
 )
 DEAD_LETTERS = Counter("gvw_dead_letters_total", "Jobs that ended in error.json", ["code"])
 
@@ -92,6 +98,19 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"m
 _MAX_FIELD_CHARS = 2000
 
 
+# A pre-signed URL (S3 SigV4 or SigV2, GCS, Azure SAS) is a credential: never in a log
+# line or an error message, whoever wrote it (our code, botocore, the SDK, Gemini).
+_SIGNED_URL_RE = re.compile(
+    r"https?://[^\s\"'<>]*?[?&](?:X-Amz-|X-Goog-|AWSAccessKeyId=|Signature=|sig=)[^\s\"'<>]*",
+    re.IGNORECASE,
+)
+SIGNED_URL_MARK = "<pre-signed URL>"
+
+
+def scrub_signed_urls(text: str) -> str:
+    return _SIGNED_URL_RE.sub(SIGNED_URL_MARK, text) if "://" in text else text
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, and every `extra` field."""
 
@@ -112,7 +131,7 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = _safe(value)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        line = json.dumps(entry, ensure_ascii=False, default=str)
+        line = scrub_signed_urls(json.dumps(entry, ensure_ascii=False, default=str))
         for secret in self._secrets:
             line = line.replace(secret, "***")
         return line
@@ -150,6 +169,7 @@ class TextFormatter(logging.Formatter):
             line += f"  [{context}]"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
+        line = scrub_signed_urls(line)
         for secret in self._secrets:
             line = line.replace(secret, "***")
         return line

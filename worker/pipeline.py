@@ -37,6 +37,7 @@ from tasks.errors import (
     ModelOutputInvalid,
     ModelRateLimited,
     ModelRejected,
+    UrlNotFetched,
     WorkerLost,
 )
 from tasks.model_families import family_of, media_resolution_for, thinking_for
@@ -51,7 +52,14 @@ from worker.gemini.transport import RequestImages, SentImage
 from worker.images import ImageFacts, PreparedImage, fit_within, prepare_image
 from worker.jobs import Job
 from worker.layout import RESULT_NAME, job_folder
-from worker.observability import ANSWER_CACHE, COST_USD, MODEL_CALLS, TOKENS, StageTimer
+from worker.observability import (
+    ANSWER_CACHE,
+    COST_USD,
+    MODEL_CALLS,
+    TOKENS,
+    URL_FALLBACKS,
+    StageTimer,
+)
 from worker.ports import Ports
 from worker.record_store import JSON_TYPE, finished
 from worker.records import (
@@ -64,6 +72,7 @@ from worker.records import (
 from worker.settings import Settings
 from worker.storage import join_uri
 from worker.storage.uris import check_allowed
+from worker.url_transport import remote_image
 
 log = logging.getLogger(__name__)
 
@@ -205,13 +214,33 @@ def _run_locked(
             job_id=job.job_id,
             refetch=lambda index: prepare(index, None),
             defer_uploads=looks_up,
+            mode=settings.gvw_transport,
         )
     # One image at a time: fetched, checked against the job's pixel budget before it is
     # decoded, prepared, and handed to the request (which keeps only what it sends).
     facts: list[ImageFacts] = []
     first: PreparedImage | None = None
     pixels_left = settings.gvw_max_job_pixels
+    by_url = settings.gvw_transport == "url"
     for index, uri in enumerate(input_uris):
+        # GVW_TRANSPORT=url: what Gemini can take as stored goes as a URL, read by the
+        # worker only as far as its header (the overlay's image needs its pixels)
+        remote = None
+        if by_url and not (keeps_pixels and index == 0):
+            with timer.stage("fetch"):
+                remote = remote_image(
+                    ports.stores,
+                    uri,
+                    settings,
+                    fit_within_px=fit_px,
+                    job_pixels_left=pixels_left,
+                )
+        if remote is not None:
+            pixels_left -= remote.facts.width_px * remote.facts.height_px
+            facts.append(remote.facts)
+            if images is not None:
+                images.add_url(remote.part)
+            continue
         image = prepare(index, pixels_left)
         pixels_left -= image.width_px * image.height_px
         facts.append(image.facts(uri))
@@ -254,6 +283,9 @@ def _run_locked(
     finally:
         if cache_key is not None and lookup.lead_token is not None:
             ports.answer_cache.release(cache_key, lookup.lead_token)
+    notes = images.notes if images is not None else []
+    for index, sha256 in (images.read_back if images is not None else {}).items():
+        facts[index] = replace(facts[index], sha256=sha256)
     del images
     reused = lookup.found
 
@@ -266,7 +298,8 @@ def _run_locked(
             settings.gvw_overlay_max_side_px,
             folder,
             attempt_id,
-            [first] if first else [],
+            (facts[0].width_px, facts[0].height_px) if draws else None,
+            first,
             parsed,
             written,
         )
@@ -290,6 +323,7 @@ def _run_locked(
             ),
             warnings=[
                 *(f"image {i}: {w}" for i, f in enumerate(facts) for w in f.decoder_warnings),
+                *notes,
                 *parsed.warnings,
             ],
             timings_ms={k: round(v * 1000, 1) for k, v in timer.seconds.items()},
@@ -442,6 +476,13 @@ def _ask(
         sent = images.replace_files()
     except FileNotActive:  # still PROCESSING: wait for ACTIVE, once
         images.wait_files_active()
+    except UrlNotFetched as err:  # expired or unreachable from Google: the bytes, once
+        log.warning(
+            "Gemini could not fetch an image by URL, sending the bytes",
+            extra={"job_id": job_id, "error_message": err.message},
+        )
+        URL_FALLBACKS.labels("not_fetched").inc()
+        sent = images.replace_urls(err.message)
     return call(sent)
 
 

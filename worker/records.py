@@ -183,9 +183,15 @@ class RecordModel(BaseModel):
         return json_bytes(self.model_dump(mode="json"))
 
 
+def _absent(value: object) -> bool:
+    return value is None
+
+
 class ImageRecord(RecordModel):
     uri: str
-    sha256: str
+    # None when the worker never read the bytes (transport "url"): see etag and
+    # s3_checksum_sha256 for the object's identity then
+    sha256: str | None
     mime_type: str
     width: int
     height: int
@@ -193,6 +199,11 @@ class ImageRecord(RecordModel):
     # what the model saw, when a reduced copy was sent (segment)
     sent_width: int | None = None
     sent_height: int | None = None
+    # transport "url" only (left out otherwise): the object Gemini fetched
+    size_bytes: int | None = Field(default=None, exclude_if=_absent)
+    etag: str | None = Field(default=None, exclude_if=_absent)
+    version_id: str | None = Field(default=None, exclude_if=_absent)
+    s3_checksum_sha256: str | None = Field(default=None, exclude_if=_absent)
 
 
 class Usage(RecordModel):

@@ -87,6 +87,18 @@ class Settings(BaseSettings):
     # Dollars the fleet may spend on Gemini per UTC day, at the price table's rates,
     # shared by every worker through Redis (0 = no budget). worker/budget.py.
     gvw_budget_usd_per_day: float = Field(default=0.0, ge=0)
+    # How images reach Gemini: auto (inline, the File API above GVW_INLINE_MAX_BYTES),
+    # inline (never the File API), file_api (every image uploaded, for reuse), url (an
+    # s3:// JPEG Gemini can take as stored goes as a pre-signed URL Gemini fetches; the
+    # bucket must be reachable from Google; everything else as auto).
+    gvw_transport: Literal["auto", "inline", "file_api", "url"] = "auto"
+    # a pre-signed URL is a credential for its lifetime: long enough for Gemini to fetch
+    # it during the call, no longer (S3 allows 7 days at most)
+    gvw_url_ttl_s: int = Field(default=600, ge=60, le=7 * 24 * 3600)
+    # the first bytes the worker reads of an object sent by URL (type, size, orientation)
+    gvw_url_header_bytes: int = Field(default=64 * 1024, ge=4096, le=1024 * 1024)
+    # objects above this go the bytes way (Gemini's limit for a fetched file, 100 MB)
+    gvw_url_max_bytes: int = Field(default=100_000_000, ge=1)
     # A JSON price table merged over the shipped one (worker/data/prices.json): the
     # operator's own prices, or models the shipped table does not know.
     gvw_prices_file: str | None = None

@@ -87,3 +87,43 @@ def test_ids_are_deterministic_and_valid() -> None:
     assert a != deterministic_job_id("s3://inbox/a b/ç+x.png", '"etag1"', {"task": "detect"})
     assert re.match(JOB_ID_PATTERN, a)
     assert re.match(JOB_ID_PATTERN, deterministic_job_id("s3://inbox/" + "é" * 300, "e", template))
+
+
+def test_a_dry_run_counts_and_prices_a_prefix_without_submitting(stack: Stack) -> None:
+    prefix = f"dry-{uuid.uuid4().hex[:8]}"
+    for index in range(30):
+        buffer = io.BytesIO()
+        # 960x540: 6 tiles of 258 tokens on 2.5 (the guide's example)
+        Image.new("RGB", (960, 540), (index, 90, 200)).save(buffer, format="JPEG")
+        stack.put(f"{prefix}/{index:03d}.jpg", buffer.getvalue())
+    stack.put(f"{prefix}/readme.txt", b"not an image")
+    calls_before, queued_before = stack.model_calls(), stack.redis.client().llen("vision")
+
+    dry = gvw(
+        "enqueue-prefix",
+        f"s3://inbox/{prefix}/",
+        "--task",
+        "caption",
+        "--suffix",
+        ".jpg",
+        "--options",
+        '{"thinking_budget": 0, "max_output_tokens": 200}',
+        "--dry-run",
+        "--sample",
+        "10",
+        env=stack.env,
+        timeout_s=120,
+    )
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert "30 images" in dry.stdout and "nothing was submitted" in dry.stdout
+    assert "1,548 image tokens a job, from the headers of 10 sampled objects" in dry.stdout
+    # 30 x (1,548 + ~150 text) in, 30 x 200 out at gemini-2.5-flash ($0.30 / $2.50 per 1M)
+    cost = re.search(r"cost: at most \$([\d.]+) interactive, \$([\d.]+) through", dry.stdout)
+    assert cost is not None, dry.stdout
+    interactive, batch = float(cost.group(1)), float(cost.group(2))
+    assert interactive == pytest.approx(0.0303, abs=0.001)
+    assert batch == pytest.approx(interactive / 2, abs=0.0001)
+    assert (stack.model_calls(), stack.redis.client().llen("vision")) == (
+        calls_before,
+        queued_before,
+    )

@@ -389,3 +389,25 @@ def test_each_call_is_settled_at_what_it_cost(emulator: EmulatorServer, root: Pa
     today = ports.budget.today()
     assert today is not None and today.reserved_usd == 0
     assert today.spent_usd == pytest.approx(sum(costs), abs=2e-6)
+
+
+# ---- GVW_TRANSPORT ------------------------------------------------------------------------
+
+
+def test_file_api_mode_uploads_even_small_images(emulator: EmulatorServer, root: Path) -> None:
+    ports = local_ports(emulator, root, gvw_transport="file_api")
+    uri = put(root, "small.png", scene_png(41))
+    run(parse_job({"job_id": "fa", "task": "caption", "images": [uri]}), ports)
+    record = record_of(root, "fa")
+    assert isinstance(record, ResultRecord) and record.images[0].transport == "file_api"
+
+
+def test_inline_mode_refuses_what_only_the_file_api_could_carry(
+    emulator: EmulatorServer, root: Path
+) -> None:
+    ports = local_ports(emulator, root, gvw_transport="inline", gvw_inline_max_bytes=4_000)
+    uri = put(root, "big.png", scene_png(42, 640, 480))
+    uploads = emulator.stats()["uploads_completed"]
+    with pytest.raises(TooLarge, match="GVW_TRANSPORT=inline"):
+        run(parse_job({"job_id": "il", "task": "caption", "images": [uri]}), ports)
+    assert emulator.stats()["uploads_completed"] == uploads

@@ -106,7 +106,9 @@ class S3Request:
     method: str
     path: str  # raw request path, query included
     status: int
-    action: str  # "forwarded" | "rejected" | "landed_then_failed"
+    action: str  # "forwarded" | "rejected" | "landed_then_failed" | "expired"
+    body_bytes: int = 0  # what the answer carried back
+    user_agent: str = ""
 
     @property
     def bucket(self) -> str:
@@ -118,8 +120,9 @@ class S3Request:
         return parts[1] if len(parts) > 1 else ""
 
 
-# decides, per request, "forward", "reject" (503 SlowDown, not forwarded) or
-# "land_then_fail" (forwarded, then 500 InternalError to the client)
+# decides, per request, "forward", "reject" (503 SlowDown, not forwarded),
+# "land_then_fail" (forwarded, then 500 InternalError to the client) or "expire" (403
+# AccessDenied "Request has expired", what S3 answers a pre-signed URL past its lifetime)
 S3Rule = Callable[[str, str], str]
 
 
@@ -169,9 +172,14 @@ class _S3Handler(BaseHTTPRequestHandler):
         proxy: S3Proxy = self.server.owner
         body = _read_body(self)
         action = proxy.rule(self.command, self.path)
+        agent = self.headers.get("User-Agent", "")
         if action == "reject":
             self._reply(503, _s3_error_xml("SlowDown", "Please reduce your request rate."))
-            proxy._record(S3Request(self.command, self.path, 503, "rejected"))
+            proxy._record(S3Request(self.command, self.path, 503, "rejected", user_agent=agent))
+            return
+        if action == "expire":
+            self._reply(403, _s3_error_xml("AccessDenied", "Request has expired"))
+            proxy._record(S3Request(self.command, self.path, 403, "expired", user_agent=agent))
             return
         assert proxy.upstream is not None, "S3Proxy.upstream is not set"
         upstream = urlsplit(proxy.upstream)
@@ -194,7 +202,9 @@ class _S3Handler(BaseHTTPRequestHandler):
             conn.close()
         if action == "land_then_fail":
             self._reply(500, _s3_error_xml("InternalError", "We encountered an error."))
-            proxy._record(S3Request(self.command, self.path, 500, "landed_then_failed"))
+            proxy._record(
+                S3Request(self.command, self.path, 500, "landed_then_failed", user_agent=agent)
+            )
             return
         self.send_response(status)
         for name, value in reply_headers:
@@ -207,7 +217,8 @@ class _S3Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
-        proxy._record(S3Request(self.command, self.path, status, "forwarded"))
+        sent = 0 if self.command == "HEAD" else len(data)
+        proxy._record(S3Request(self.command, self.path, status, "forwarded", sent, agent))
 
     def _reply(self, status: int, body: bytes) -> None:
         self.send_response(status)

@@ -40,8 +40,9 @@ def test_hostile_labels_give_safe_unique_names(tmp_path: Path, png_bytes: bytes)
     folder = f"file://{tmp_path}/out/j-1"
     written: list[str] = []
     overlay_max_side_px = Settings().gvw_overlay_max_side_px
+    size_px = (image.width_px, image.height_px)
     write_artifacts(
-        job, StoreRouter(), overlay_max_side_px, folder, "att-1", [image], parsed, written
+        job, StoreRouter(), overlay_max_side_px, folder, "att-1", size_px, image, parsed, written
     )
     mask_uris = [o["mask"] for o in objects]
     assert len(set(mask_uris)) == len(HOSTILE)

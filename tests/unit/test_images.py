@@ -21,7 +21,7 @@ import pytest
 from PIL import Image, ImageCms, ImageFile
 
 from tasks.errors import InvalidImage, TooLarge
-from worker.images import DEFAULT_MAX_PIXELS, prepare_image, sniff_image_format
+from worker.images import DEFAULT_MAX_PIXELS, prepare_image, read_header, sniff_image_format
 
 # ---------------------------------------------------------------- helpers
 
@@ -585,3 +585,53 @@ def test_concurrent_calls_each_get_the_right_answer() -> None:
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(run, range(60)))
     assert answers == ["64x48", "too_large", "48x64"] * 20
+
+
+# ---- read_header: what a JPEG's first bytes settle (GVW_TRANSPORT=url) -----------------
+
+
+def _jpeg(size: tuple[int, int], *, mode: str = "RGB", exif: bytes = b"") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size).save(buffer, format="JPEG", exif=exif)
+    return buffer.getvalue()
+
+
+def _orientation_exif(value: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = value
+    return exif.tobytes()
+
+
+def test_an_upright_jpeg_header_gives_its_size() -> None:
+    facts = read_header(_jpeg((640, 480))[:4096])
+    assert facts is not None and facts.sendable_as_is
+    assert (facts.width_px, facts.height_px, facts.exif_orientation) == (640, 480, 1)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(_jpeg((64, 48), exif=_orientation_exif(6)), id="rotated"),
+        pytest.param(_jpeg((64, 48), mode="CMYK"), id="cmyk"),
+    ],
+)
+def test_a_jpeg_that_needs_preparing_says_so(data: bytes) -> None:
+    facts = read_header(data)
+    assert facts is not None and not facts.sendable_as_is
+
+
+def test_a_header_cut_short_or_another_type_settles_nothing() -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48)).save(buffer, format="PNG")
+    png_bytes = buffer.getvalue()
+    big_exif = Image.Exif()
+    big_exif[0x010E] = "x" * 30_000  # a long description: the header passes 4 KB
+    data = _jpeg((64, 48), exif=big_exif.tobytes())
+    assert read_header(data[:4096]) is None
+    assert read_header(data) is not None
+    assert read_header(png_bytes) is None  # a PNG may keep its EXIF after the pixels
+
+
+def test_a_header_past_the_pixel_cap_is_too_large() -> None:
+    with pytest.raises(TooLarge):
+        read_header(_jpeg((400, 300)), max_pixels=100_000)

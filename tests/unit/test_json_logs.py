@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from worker.observability import JsonFormatter
+from worker.observability import SIGNED_URL_MARK, JsonFormatter, TextFormatter
 
 
 def _line(formatter: JsonFormatter, message: str, **extra: object) -> dict:
@@ -67,3 +67,23 @@ def test_the_command_lines_loglevel_is_found(argv: list[str], level: str | None)
     from worker.app import loglevel_flag
 
     assert loglevel_flag(argv) == level
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9000/inbox/a.jpg?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=ab12",
+        "https://b.s3.amazonaws.com/a.jpg?AWSAccessKeyId=AKIA&Signature=c2ln&Expires=1",
+        "https://storage.googleapis.com/b/a.jpg?X-Goog-Algorithm=x&X-Goog-Signature=ff",
+        "https://acct.blob.core.windows.net/c/a.jpg?sv=2024&sig=c2ln",
+    ],
+)
+def test_signed_urls_never_reach_a_log_line(url: str) -> None:
+    record = logging.LogRecord(
+        "gvw", logging.WARNING, __file__, 1, f"fetch of {url} failed", (), None
+    )
+    record.detail = f'{{"uri": "{url}"}}'
+    for formatter in (JsonFormatter(), TextFormatter()):
+        line = formatter.format(record)
+        assert "sig" not in line.lower().replace("signed", ""), line
+        assert SIGNED_URL_MARK in line

@@ -26,6 +26,8 @@ class EmulatorConfig:
     request_log_size: int = 200
     # inline request limit; the API accepts up to 100 MB since January 2026 (20 MB before)
     max_request_bytes: int = 100 * 1024 * 1024
+    # what a URL in file_data may hold (the API's limit for fetched files, 100 MB)
+    max_url_bytes: int = 100 * 1000 * 1000
 
     def updated(self, values: Mapping[str, Any]) -> EmulatorConfig:
         """A copy with `values` applied; unknown names and wrong types raise ValueError."""

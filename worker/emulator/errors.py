@@ -99,6 +99,18 @@ def invalid_argument(message: str = "Request contains an invalid argument.") -> 
     return ApiError(400, "INVALID_ARGUMENT", message)
 
 
+def url_not_fetched() -> ApiError:
+    # wording ours: the API answers 400 when it cannot read a file_data URL (expired
+    # signature, unreachable host, gone object)
+    return invalid_argument(
+        "Cannot fetch content from the provided URL. Please ensure the URL is valid and accessible."
+    )
+
+
+def url_too_large(limit: int) -> ApiError:
+    return invalid_argument(f"The file at the provided URL exceeds the limit of {limit} bytes.")
+
+
 def invalid_json(detail: str) -> ApiError:
     return invalid_argument(f"Invalid JSON payload received. {detail}")
 

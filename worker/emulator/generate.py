@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
@@ -90,7 +91,11 @@ class GenerateRequest:
 
 
 def parse_generate_request(
-    model: str, body: Any, raw_body: bytes, files: FileStore
+    model: str,
+    body: Any,
+    raw_body: bytes,
+    files: FileStore,
+    fetch_url: Callable[[str], bytes] | None = None,
 ) -> GenerateRequest:
     if not isinstance(body, dict):
         raise errors.invalid_json("Expected a JSON object.")
@@ -126,7 +131,8 @@ def parse_generate_request(
                 images.append(replace(_inline_image(inline, where), media_resolution=level))
             file_data = field_value(part, "fileData")
             if isinstance(file_data, dict):
-                images.append(replace(_file_image(file_data, files), media_resolution=level))
+                image = _file_image(file_data, files, fetch_url)
+                images.append(replace(image, media_resolution=level))
 
     system_texts: list[str] = []
     system = field_value(body, "systemInstruction")
@@ -208,11 +214,19 @@ def _decode_proto_bytes(text: str) -> bytes:
     return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
 
 
-def _file_image(file_data: dict[str, Any], files: FileStore) -> ImageInput:
+def _file_image(
+    file_data: dict[str, Any], files: FileStore, fetch_url: Callable[[str], bytes] | None
+) -> ImageInput:
     uri = str(field_value(file_data, "fileUri") or "")
     match = _FILE_URI_ID_RE.search(uri)
+    if not match and uri.startswith(("https://", "http://")) and fetch_url is not None:
+        # a public or pre-signed URL: the API fetches it during the request
+        mime_type = str(field_value(file_data, "mimeType") or "").lower()
+        if mime_type not in SUPPORTED_IMAGE_MIME_TYPES:
+            raise errors.unsupported_mime_type(mime_type)
+        return ImageInput(mime_type=mime_type, data=fetch_url(uri), source="url")
     if not match:
-        raise errors.invalid_argument(f"Unsupported file uri: {uri}")  # wording ours
+        raise errors.invalid_argument("Unsupported file uri.")  # wording ours
     stored = files.get_for_generation(match.group(1))
     mime_type = str(field_value(file_data, "mimeType") or stored.mime_type).lower()
     if mime_type not in SUPPORTED_IMAGE_MIME_TYPES:

@@ -7,6 +7,8 @@ import hashlib
 import json
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
@@ -34,6 +36,8 @@ from worker.emulator.vision import ImageAnalysis, UndecodableImage, analyse_imag
 # text a client cannot parse as JSON, whatever task it asked for
 GARBAGE_TEXT = '```json\n[{"box_2d": [120, 45,, 300 "label": red}\n]] }}\n```'
 _ANALYSIS_CACHE_SIZE = 32
+# a URL in file_data is fetched within this, as the API does during the request
+_URL_TIMEOUT_S = 30.0
 
 
 class AnalysisCache:
@@ -197,7 +201,7 @@ class EmulatorService:
         # countTokens takes either bare contents or a whole generateContentRequest
         inner = field_value(body, "generateContentRequest") if isinstance(body, dict) else None
         inner_body = inner if isinstance(inner, dict) else body
-        request = parse_generate_request(model, inner_body, raw_body, self.files)
+        request = parse_generate_request(model, inner_body, raw_body, self.files, self._fetch_url)
         sizes = [self._image_size(image.data) for image in request.images]
         usage = prompt_usage(request, sizes, None)
         self.stats.record_generate(
@@ -221,7 +225,25 @@ class EmulatorService:
     def _parse(self, model: str, raw_body: bytes, config: EmulatorConfig) -> GenerateRequest:
         if len(raw_body) > config.max_request_bytes:
             raise errors.payload_too_large(config.max_request_bytes)
-        return parse_generate_request(model, _loads(raw_body), raw_body, self.files)
+        return parse_generate_request(
+            model, _loads(raw_body), raw_body, self.files, self._fetch_url
+        )
+
+    def _fetch_url(self, url: str) -> bytes:
+        """What the API does with a `file_data.file_uri` that is a URL: fetch it now
+        (bounded in time and size), or answer 400 as for any URL it cannot read."""
+        limit = self._config.max_url_bytes
+        try:
+            with urllib.request.urlopen(url, timeout=_URL_TIMEOUT_S) as reply:
+                data = bytes(reply.read(limit + 1))
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            self.stats.count("url_fetch_failures")
+            raise errors.url_not_fetched() from exc
+        if len(data) > limit:
+            raise errors.url_too_large(limit)
+        self.stats.count("url_fetches")
+        self.stats.count("url_bytes_total", len(data))
+        return data
 
     def _analyse(self, data: bytes) -> ImageAnalysis:
         try:

@@ -107,5 +107,8 @@ class Stats:
                 "file_gets": counters["file_gets"],
                 "file_lists": counters["file_lists"],
                 "file_deletes": counters["file_deletes"],
+                "url_fetches": counters["url_fetches"],
+                "url_fetch_failures": counters["url_fetch_failures"],
+                "url_bytes_total": counters["url_bytes_total"],
                 "requests": [copy.deepcopy(entry) for entry in self._requests],
             }

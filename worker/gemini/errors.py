@@ -7,6 +7,9 @@ get their own types, so the pipeline can recover by type, not by string:
 
     403 / 404 on a request with file URIs     FileUriRejected  (expired, deleted, foreign)
     400 FAILED_PRECONDITION, with file URIs   FileNotActive    (still PROCESSING)
+    4xx about fetching, with URLs             UrlNotFetched    (expired, unreachable)
+
+Messages are scrubbed of pre-signed URLs before they go anywhere.
 
 Anything else is not Gemini's answer but a bug, and propagates as it is (the task retries
 it as `internal`, then records it): no catch-all here, which is also why no Celery
@@ -31,21 +34,42 @@ from tasks.errors import (
     ModelRejected,
     ModelUnavailable,
     QuotaExhausted,
+    UrlNotFetched,
 )
+from worker.observability import scrub_signed_urls
 
 
 @contextmanager
-def gemini_errors(*, uses_files: bool = False) -> Iterator[None]:
+def gemini_errors(*, uses_files: bool = False, uses_urls: bool = False) -> Iterator[None]:
     """Translate what the SDK and its transport raise inside the block."""
     try:
         yield
     except genai_errors.APIError as exc:
         error = translate_api_error(exc.code, exc.status, exc.message, exc.details)
-        raise _about_files(error) if uses_files else error from exc
+        if uses_urls:
+            error = _about_urls(error)
+        if uses_files and not isinstance(error, UrlNotFetched):
+            error = _about_files(error)
+        # from None: the SDK's exception text may quote the request, URLs included
+        raise error from None
     except (httpx2.TimeoutException, TimeoutError) as exc:
         raise ModelUnavailable(f"Gemini request timed out: {exc.__class__.__name__}") from exc
     except (httpx2.TransportError, ConnectionError) as exc:
         raise ModelUnavailable(f"cannot reach Gemini: {exc.__class__.__name__}: {exc}") from exc
+
+
+_FETCH_WORDS = ("url", "fetch", "retriev", "download")
+
+
+def _about_urls(error: GvwError) -> GvwError:
+    """A 4xx that says Gemini could not get a URL's content."""
+    if not isinstance(error, ModelRejected):
+        return error
+    status = error.details.get("http_status")
+    text = error.message.lower()
+    if status in (400, 403, 404) and any(word in text for word in _FETCH_WORDS):
+        return UrlNotFetched(error.message, **error.details)
+    return error
 
 
 def _about_files(error: GvwError) -> GvwError:
@@ -69,7 +93,7 @@ def translate_api_error(
     error = _error_object(body)
     raw_details = error.get("details")
     details: list[Any] = raw_details if isinstance(raw_details, list) else []
-    msg = message or error.get("message") or ""
+    msg = scrub_signed_urls(message or error.get("message") or "")
     status = status or error.get("status") or ""
     summary = f"Gemini {code} {status}: {msg}".strip()
     if code == 429:

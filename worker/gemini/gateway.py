@@ -103,8 +103,9 @@ class GeminiGateway:
         resolution = media_resolution_for(model, options.media_resolution)
         config = self._config(model, request, options, resolution.request)
         contents = self._contents(images, request, resolution.per_part)
-        uses_files = any(part.file_uri is not None for part in images)
-        with gemini_errors(uses_files=uses_files):
+        uses_files = any(part.file_uri is not None and not part.fetched for part in images)
+        uses_urls = any(part.fetched for part in images)
+        with gemini_errors(uses_files=uses_files, uses_urls=uses_urls):
             response = self._client.models.generate_content(
                 model=model, contents=contents, config=config
             )

@@ -7,7 +7,7 @@ leaves `worker.gemini`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -15,8 +15,11 @@ class ImagePart:
     """One image of a request: inline bytes or a File API URI."""
 
     mime_type: str
-    data: bytes | None = None
-    file_uri: str | None = None
+    data: bytes | None = field(default=None, repr=False)
+    # never in a repr: a pre-signed URL is a credential
+    file_uri: str | None = field(default=None, repr=False)
+    # file_uri is a URL Gemini fetches itself (a pre-signed S3 GET), not a File API URI
+    fetched: bool = False
 
 
 @dataclass(frozen=True)

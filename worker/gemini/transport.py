@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
-from tasks.errors import StorageUnavailable
-from tasks.transport_plan import InlinePlanner, Transport
+from tasks.errors import StorageUnavailable, TooLarge
+from tasks.transport_plan import InlinePlanner, Transport, TransportMode
 from worker.gemini.file_cache import CachedFile, FileCache
 from worker.gemini.port import Gemini
 from worker.gemini.records import ImagePart, RemoteFile
@@ -46,7 +46,7 @@ class ImageSender:
     ) -> None:
         self._gemini = gemini
         self._cache = cache
-        self._inline_max_bytes = inline_max_bytes
+        self.inline_max_bytes = inline_max_bytes
         self._active_timeout_s = active_timeout_s
 
     def start(
@@ -56,6 +56,7 @@ class ImageSender:
         job_id: str,
         refetch: Callable[[int], PreparedImage],
         defer_uploads: bool = False,
+        mode: TransportMode = "auto",
     ) -> RequestImages:
         """A request's images, added one at a time. ``refetch(index)`` prepares image
         ``index`` again, for the rare re-upload after Gemini refused a cached file.
@@ -63,9 +64,12 @@ class ImageSender:
         ``defer_uploads``: the request may never be sent (the answer cache may hold its
         answer), so images that outgrow the inline request are let go unuploaded and
         uploaded by `sent`, prepared again: a cache hit costs no upload, a miss one more
-        read of the images that go by File API."""
-        planner = InlinePlanner(prompt_bytes=prompt_bytes, inline_max_bytes=self._inline_max_bytes)
-        return RequestImages(self, planner, job_id, refetch, defer_uploads=defer_uploads)
+        read of the images that go by File API.
+
+        ``mode`` (GVW_TRANSPORT): "auto" and "url" plan by size; "inline" never uploads
+        (a request past the inline limit is TooLarge); "file_api" uploads every image."""
+        planner = InlinePlanner(prompt_bytes=prompt_bytes, inline_max_bytes=self.inline_max_bytes)
+        return RequestImages(self, planner, job_id, refetch, defer_uploads=defer_uploads, mode=mode)
 
     def count(self, event: str) -> None:
         self._cache.count(event)
@@ -128,33 +132,80 @@ class RequestImages:
         refetch: Callable[[int], PreparedImage],
         *,
         defer_uploads: bool = False,
+        mode: TransportMode = "auto",
     ) -> None:
         self._sender = sender
         self._planner = planner
         self._job_id = job_id
         self._refetch = refetch
         self._defer_uploads = defer_uploads
+        self._mode = mode
         self._held: dict[int, PreparedImage] = {}
         self._by_uri: dict[int, SentImage] = {}
+        self._by_url: dict[int, SentImage] = {}
+        # what happened on the way, for the result's warnings
+        self.notes: list[str] = []
+        # index -> sha256 of images read after all (a URL Gemini could not fetch)
+        self.read_back: dict[int, str] = {}
         # index -> sent_sha256 of images let go before their upload (defer_uploads)
         self._deferred: dict[int, str] = {}
         self._count = 0
 
     def add(self, image: PreparedImage) -> None:
+        """The next image, as bytes: inline or through the File API."""
         index = self._count
         self._count += 1
+        self._place(index, image)
+
+    def add_url(self, part: ImagePart) -> None:
+        """The next image, as a URL Gemini fetches itself (`worker.url_transport`)."""
+        self._by_url[self._count] = SentImage(part, "url")
+        self._count += 1
+
+    @property
+    def uses_urls(self) -> bool:
+        return bool(self._by_url)
+
+    def _place(self, index: int, image: PreparedImage) -> None:
         entry = self._sender.cached(image.sent_sha256)
         if entry is not None:
             self._sender.count("cache_hits")
             self._by_uri[index] = _by_uri(entry)
             return
+        if self._mode == "file_api":
+            self._upload(index, image)
+            return
         self._held[index] = image
-        for moved in self._planner.add(index, len(image.data)):
-            held = self._held.pop(moved)
-            if self._defer_uploads:
-                self._deferred[moved] = held.sent_sha256
-            else:
-                self._by_uri[moved] = _by_uri(self._sender.shared_upload(held, self._job_id))
+        moved = self._planner.add(index, len(image.data))
+        if moved and self._mode == "inline":
+            raise TooLarge(
+                f"the request's images pass the inline limit (GVW_INLINE_MAX_BYTES="
+                f"{self._sender.inline_max_bytes}) and GVW_TRANSPORT=inline never uses the "
+                "File API"
+            )
+        for index_moved in moved:
+            self._upload(index_moved, self._held.pop(index_moved))
+
+    def _upload(self, index: int, image: PreparedImage) -> None:
+        if self._defer_uploads:
+            self._deferred[index] = image.sent_sha256
+        else:
+            self._by_uri[index] = _by_uri(self._sender.shared_upload(image, self._job_id))
+
+    def replace_urls(self, reason: str) -> list[SentImage]:
+        """Gemini could not fetch a URL (expired, unreachable): send those images as
+        bytes instead, prepared now, once. Each gets a note for the result, and its
+        content hash (`read_back`), now that the worker has the bytes."""
+        for index in sorted(self._by_url):
+            del self._by_url[index]
+            image = self._refetch(index)
+            self.read_back[index] = image.sha256
+            self.notes.append(
+                f"image {index}: Gemini could not fetch it by URL ({reason[:300]}); "
+                "sent as bytes instead"
+            )
+            self._place(index, image)
+        return self.sent()
 
     def sent(self) -> list[SentImage]:
         """Every image as it goes in the request, in the job's order."""
@@ -167,9 +218,9 @@ class RequestImages:
             self._by_uri[index] = _by_uri(self._sender.shared_upload(image, self._job_id))
             del self._deferred[index]
         return [
-            self._by_uri[i]
-            if i in self._by_uri
-            else SentImage(ImagePart(self._held[i].mime_type, data=self._held[i].data), "inline")
+            self._by_uri.get(i)
+            or self._by_url.get(i)
+            or SentImage(ImagePart(self._held[i].mime_type, data=self._held[i].data), "inline")
             for i in range(self._count)
         ]
 

@@ -34,7 +34,7 @@ it creates the object only if it does not exist, so of two attempts racing, one 
 """
 
 from worker.storage.local import LocalStore
-from worker.storage.port import ObjectInfo, ObjectStore
+from worker.storage.port import ObjectHead, ObjectInfo, ObjectStore
 from worker.storage.router import StoreRouter, get_json, get_text
 from worker.storage.s3 import S3Store
 from worker.storage.uris import FILE_SCHEME, S3_SCHEME, join_uri, parse_file_uri, parse_s3_uri
@@ -43,6 +43,7 @@ __all__ = [
     "FILE_SCHEME",
     "S3_SCHEME",
     "LocalStore",
+    "ObjectHead",
     "ObjectInfo",
     "ObjectStore",
     "S3Store",

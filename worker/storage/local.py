@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Final
 
 from tasks.errors import GvwError, InputNotAllowed, InputNotFound, StorageUnavailable
-from worker.storage.port import ObjectInfo, too_large
+from worker.storage.port import ObjectHead, ObjectInfo, too_large
 from worker.storage.uris import parse_file_uri
 
 # mkstemp makes 0600 files; results are for other readers too.
@@ -63,6 +63,21 @@ class LocalStore:
         if len(data) > max_bytes:
             raise too_large(uri, len(data), max_bytes)
         return data
+
+    def read_head(self, uri: str, *, max_bytes: int) -> ObjectHead:
+        path = parse_file_uri(uri)
+        try:
+            with open(path, "rb") as file:
+                st = os.fstat(file.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    raise InputNotFound(f"not a regular file: {uri}")
+                data = file.read(max_bytes)
+        except OSError as exc:
+            raise _translate_os(exc, uri, writing=False) from exc
+        return ObjectHead(data, st.st_size, f"{st.st_size}-{st.st_mtime_ns}")
+
+    def presign_get(self, uri: str, *, ttl_s: int, version_id: str | None) -> str | None:
+        return None  # a file on this machine is nothing Gemini could fetch
 
     def put_bytes(self, uri: str, data: bytes, *, content_type: str) -> None:
         path = parse_file_uri(uri)

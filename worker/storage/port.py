@@ -21,6 +21,21 @@ class ObjectInfo:
     etag: str  # S3's ETag; size and mtime for local files
 
 
+@dataclass(frozen=True)
+class ObjectHead:
+    """The first bytes of an object and what the store says about the whole of it."""
+
+    data: bytes  # at most the bytes asked for; the whole object when it is that small
+    size_bytes: int
+    etag: str  # S3's ETag, quotes included; size and mtime for local files
+    version_id: str | None = None
+    checksum_sha256: str | None = None  # S3's stored checksum (base64), where it holds one
+
+    @property
+    def complete(self) -> bool:
+        return len(self.data) >= self.size_bytes
+
+
 class ObjectStore(Protocol):
     """Bytes by URI. Every method raises only errors from `tasks.errors`."""
 
@@ -54,6 +69,15 @@ class ObjectStore(Protocol):
     def list_objects(self, uri_prefix: str) -> Iterator[ObjectInfo]:
         """`list_prefix` with each object's size and version tag (ETag, or size and mtime
         for a file), for deterministic job ids."""
+        ...
+
+    def read_head(self, uri: str, *, max_bytes: int) -> ObjectHead:
+        """The object's first ``max_bytes`` (one ranged read) and its size and version."""
+        ...
+
+    def presign_get(self, uri: str, *, ttl_s: int, version_id: str | None) -> str | None:
+        """A URL anyone holding it can GET the object with for ``ttl_s`` seconds (pinned
+        to ``version_id`` when given), or None when the store has no such URLs."""
         ...
 
 

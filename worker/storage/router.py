@@ -10,7 +10,7 @@ from typing import Any, Final
 
 from tasks.errors import InputNotAllowed, InvalidJob
 from worker.storage.local import LocalStore
-from worker.storage.port import ObjectInfo, ObjectStore
+from worker.storage.port import ObjectHead, ObjectInfo, ObjectStore
 from worker.storage.s3 import S3Store
 from worker.storage.uris import FILE_SCHEME, S3_SCHEME
 
@@ -78,6 +78,12 @@ class StoreRouter:
 
     def get_bytes(self, uri: str, *, max_bytes: int) -> bytes:
         return self.for_uri(uri).get_bytes(uri, max_bytes=max_bytes)
+
+    def read_head(self, uri: str, *, max_bytes: int) -> ObjectHead:
+        return self.for_uri(uri).read_head(uri, max_bytes=max_bytes)
+
+    def presign_get(self, uri: str, *, ttl_s: int, version_id: str | None) -> str | None:
+        return self.for_uri(uri).presign_get(uri, ttl_s=ttl_s, version_id=version_id)
 
     def put_bytes(self, uri: str, data: bytes, *, content_type: str) -> None:
         self.for_uri(uri).put_bytes(uri, data, content_type=content_type)

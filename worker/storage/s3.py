@@ -20,7 +20,7 @@ from tasks.errors import (
     TooLarge,
     WorkerMisconfigured,
 )
-from worker.storage.port import ObjectInfo, too_large
+from worker.storage.port import ObjectHead, ObjectInfo, too_large
 from worker.storage.uris import S3_SCHEME, parse_s3_uri
 
 if TYPE_CHECKING:
@@ -97,6 +97,9 @@ class S3Store:
                 retries={"max_attempts": max_attempts, "mode": "standard"},
                 max_pool_connections=max_pool_connections,
                 tcp_keepalive=True,
+                # pre-signed URLs in SigV4 (botocore's default for them is the legacy
+                # SigV2 in us-east-1, which newer regions refuse)
+                signature_version="s3v4",
             )
             # a Session of our own: boto3's default session is not safe to share across threads
             client = boto3.session.Session().client("s3", config=config)
@@ -137,6 +140,53 @@ class S3Store:
         if len(data) != size_bytes:
             raise StorageUnavailable(f"short read of {uri}: {len(data)} of {size_bytes} bytes")
         return data
+
+    def read_head(self, uri: str, *, max_bytes: int) -> ObjectHead:
+        """One ranged GET: the first bytes, and from its headers the whole object's size
+        (Content-Range), ETag and version. S3 returns no full-object checksum on a ranged
+        read: a HEAD asks for it (ChecksumMode) when the first bytes are not the whole
+        object, which hashes itself."""
+        bucket, key = parse_s3_uri(uri)
+        try:
+            response = self._client.get_object(
+                Bucket=bucket, Key=key, Range=f"bytes=0-{max(0, max_bytes - 1)}"
+            )
+            body = response["Body"]
+            try:
+                data = body.read(max_bytes)
+            finally:
+                body.close()
+        except _boto_errors() as exc:
+            raise _translate_s3(exc, uri, writing=False) from exc
+        except OSError as exc:
+            raise StorageUnavailable(f"reading {uri} failed: {exc}") from exc
+        content_range = str(response.get("ContentRange") or "")
+        total = content_range.rpartition("/")[2]
+        size_bytes = int(total) if total.isdigit() else int(response["ContentLength"])
+        checksum = None
+        if len(data) < size_bytes:
+            try:
+                head = self._client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+            except _boto_errors() as exc:
+                raise _translate_s3(exc, uri, writing=False) from exc
+            checksum = head.get("ChecksumSHA256")
+        return ObjectHead(
+            data=data,
+            size_bytes=size_bytes,
+            etag=str(response.get("ETag") or ""),
+            version_id=response.get("VersionId"),
+            checksum_sha256=checksum,
+        )
+
+    def presign_get(self, uri: str, *, ttl_s: int, version_id: str | None) -> str | None:
+        bucket, key = parse_s3_uri(uri)
+        params = {"Bucket": bucket, "Key": key}
+        if version_id:
+            params["VersionId"] = version_id  # Gemini reads exactly what was described
+        # signed locally from the credentials: no request to S3
+        return str(
+            self._client.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl_s)
+        )
 
     def put_bytes(self, uri: str, data: bytes, *, content_type: str) -> None:
         bucket, key = parse_s3_uri(uri)
