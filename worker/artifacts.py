@@ -147,6 +147,7 @@ def render_overlay(
     masks: Sequence[BoxMask | None] | None = None,
     max_side_px: int = 2048,
     image_format: str = "PNG",
+    full_size_px: tuple[int, int] | None = None,
 ) -> bytes:
     """The image with each object's translucent mask, pixel `box` ([x0, y0, x1, y1]) and
     label drawn on it, encoded as `image_format` ("PNG" or "JPEG").
@@ -154,13 +155,16 @@ def render_overlay(
     Overlays are for people: a 12 MP photo is reduced by a whole factor until its long side
     fits `max_side_px` (0 keeps full size), because a full-size overlay of a photo weighs
     megabytes and takes a second to encode, for no visible gain on a screen.
+
+    ``upright`` may be a smaller decode of the picture (`worker.images` decodes a JPEG at
+    the scale the overlay needs); ``full_size_px`` is then the picture's own size, the
+    frame of the boxes and masks.
     """
+    full_width, full_height = full_size_px or upright.size
     factor = 1
     if max_side_px > 0:
-        factor = max(1, math.ceil(max(upright.width, upright.height) / max_side_px))
-    # reduce() and convert() both return new images: the caller's stays untouched (an RGB
-    # image reduced is already a new one, and needs no converting copy)
-    canvas = upright.reduce(factor) if factor > 1 else upright.copy()
+        factor = max(1, math.ceil(max(full_width, full_height) / max_side_px))
+    canvas = _canvas(upright, (math.ceil(full_width / factor), math.ceil(full_height / factor)))
     if canvas.mode != "RGB":
         canvas = canvas.convert("RGB")
     if masks and any(mask is not None for mask in masks):
@@ -191,6 +195,19 @@ def render_overlay(
     return buffer.getvalue()
 
 
+def _canvas(upright: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """``upright`` at ``size``, as a new image (the caller's stays untouched): a whole-
+    factor reduce where one lands on it, else a bilinear resize."""
+    if upright.size == size:
+        return upright.copy()
+    factor = upright.width // size[0]
+    if factor > 1:
+        reduced = upright.reduce(factor)
+        if reduced.size == size:
+            return reduced
+    return upright.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+
 def render_overlay_png(
     upright: Image.Image,
     objects: Sequence[Mapping[str, Any]],
@@ -206,20 +223,23 @@ _MASK_ALPHA = 0.45
 
 
 def _paint_masks(canvas: Image.Image, masks: Sequence[BoxMask | None], factor: int) -> Image.Image:
-    pixels = np.asarray(canvas, dtype=np.float32).copy()
+    """Each mask blended in its colour at `_MASK_ALPHA`, by Pillow's `paste` of the colour
+    through the mask (the blend runs in C on the canvas's own bytes; the canvas is the
+    caller's new image, painted in place)."""
+    alpha = round(_MASK_ALPHA * 255)
     for index, mask in enumerate(masks):
         if mask is None or not mask.crop.any():
             continue
         # the crop at the canvas's scale: every factor-th pixel is enough for a picture
         crop = mask.crop[::factor, ::factor]
         y0, x0 = mask.y0_px // factor, mask.x0_px // factor
-        h = min(crop.shape[0], pixels.shape[0] - y0)
-        w = min(crop.shape[1], pixels.shape[1] - x0)
-        region = pixels[y0 : y0 + h, x0 : x0 + w]
-        colour = np.asarray(_PALETTE[index % len(_PALETTE)], dtype=np.float32)
-        selected = crop[:h, :w]
-        region[selected] = region[selected] * (1 - _MASK_ALPHA) + colour * _MASK_ALPHA
-    return Image.fromarray(pixels.astype(np.uint8))
+        h = min(crop.shape[0], canvas.height - y0)
+        w = min(crop.shape[1], canvas.width - x0)
+        if h <= 0 or w <= 0:
+            continue
+        stencil = Image.fromarray(crop[:h, :w].view(np.uint8) * np.uint8(alpha))
+        canvas.paste(_PALETTE[index % len(_PALETTE)], (x0, y0, x0 + w, y0 + h), stencil)
+    return canvas
 
 
 def _font(size_px: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -282,6 +302,7 @@ def write_artifacts(
         masks=masks,
         max_side_px=overlay_max_side_px,
         image_format=image_format,
+        full_size_px=size_px,
     )
     uri = join_uri(base, f"overlay.{extension}")
     stores.put_bytes(uri, drawn, content_type=content_type)

@@ -192,6 +192,9 @@ def _run_locked(
                 max_pixels=settings.gvw_max_image_pixels,
                 keep_pixels=overlay or fit_px > 0,
                 job_pixels_left=pixels_left,
+                # decode no larger than what uses the pixels: the overlay, the copy sent
+                pixels_side_px=(settings.gvw_overlay_max_side_px or None) if overlay else 0,
+                sent_side_px=fit_px,
             )
             image = fit_within(image, fit_px)
             if not overlay and image.upright is not None:
