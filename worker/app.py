@@ -27,6 +27,7 @@ from tasks.errors import (
     WorkerLost,
 )
 from worker import runtime
+from worker.batch_runner import BatchRunner
 from worker.failures import job_fingerprint, publish_error
 from worker.jobs import JOB_ID_PATTERN, new_job_id, parse_job, salvage_identity
 from worker.message_guard import task_label
@@ -69,7 +70,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend_transport_options": {"visibility_timeout": visibility_timeout_s},
         "visibility_timeout": visibility_timeout_s,
         "task_default_queue": QUEUE,
-        "task_routes": {TASK_NAME: {"queue": QUEUE}},
+        "task_routes": {TASK_NAME: {"queue": QUEUE}, BATCH_TASK_NAME: {"queue": QUEUE}},
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
@@ -257,6 +258,7 @@ def analyze(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     that ends here is counted once in `gvw_jobs_total`; a retry is not an end.
     """
     ports = runtime.get_ports()
+    ports.schedule_batch_run = schedule_batch_run
     retries = int(self.request.retries or 0)
     job, shape_problem = _job_argument(args, kwargs)
     try:
@@ -369,10 +371,68 @@ def _retry_record(
 
 
 def _ended(outcome: Outcome, task: str | None) -> dict[str, Any]:
-    """Count the job's end, once: succeeded, failed, or already_done."""
+    """Count the job's end, once: succeeded, failed, or already_done (a job waiting for
+    its batch has not ended: the follower sends it again with its answer)."""
+    if outcome.status == "batched":
+        return outcome.as_dict()
     kind = "already_done" if outcome.already_done else outcome.status
     JOBS.labels(_task_label(task), kind).inc()
     return outcome.as_dict()
+
+
+# --- batch mode: the follower (worker/batch_runner.py) -------------------------------------
+
+BATCH_TASK_NAME = "vision.batch_tick"
+
+
+@app.task(name=BATCH_TASK_NAME, bind=True, max_retries=None)
+def batch_tick(self: Task, *_args: Any, **_kwargs: Any) -> bool:
+    """One follower run; schedules the next while batches are waiting or running. Any
+    producer may send this message: a run is idempotent, and one runs at a time."""
+    ports = runtime.get_ports()
+    ports.schedule_batch_run = schedule_batch_run
+    if ports.batches is None:
+        return False
+    runner = BatchRunner(ports, ports.batches, dispatch_job, retry_policy(ports.settings))
+    more = True
+    try:
+        more = runner.run_once()
+    except (GvwError, redis.RedisError) as err:
+        log.warning("batch follower run failed; trying again later", extra={"error": str(err)})
+    except Exception:  # a bug must not stop the follower: logged, and the next run comes
+        log.exception("batch follower run failed")
+    finally:
+        ports.batches.release_tick()
+        if more or ports.batches.has_work():
+            schedule_batch_run()
+    return more
+
+
+def schedule_batch_run() -> None:
+    """A follower run within GVW_BATCH_POLL_S, unless one is scheduled already."""
+    ports = runtime.get_ports()
+    if ports.batches is None:
+        return
+    poll_s = ports.settings.gvw_batch_poll_s
+    if ports.batches.claim_tick(within_s=poll_s * 3):
+        app.send_task(BATCH_TASK_NAME, queue=QUEUE, countdown=poll_s)
+
+
+def dispatch_job(job: dict[str, Any]) -> None:
+    """A job sent to the queue again (its answer arrived, or its batch ended without)."""
+    app.send_task(TASK_NAME, args=[job], queue=QUEUE, task_id=str(job["job_id"]))
+
+
+@signals.worker_ready.connect
+def _resume_batches(**_: Any) -> None:
+    # a fleet restarted while batches were pending: follow them again
+    try:
+        ports = runtime.get_ports()
+        if ports.batches is not None and ports.batches.has_work():
+            ports.batches.release_tick()
+            schedule_batch_run()
+    except (redis.RedisError, GvwError):
+        log.warning("could not look for pending batches at start", exc_info=True)
 
 
 def _task_label(task: str | None) -> str:

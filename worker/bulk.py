@@ -30,7 +30,15 @@ def deterministic_job_id(uri: str, version: str, template: Mapping[str, Any]) ->
     """`{slug}-{digest}`: a readable tail of the key and a 32-hex digest of the object's
     identity (URI and version or ETag) and the job template; within the contract's
     `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`."""
-    material = json.dumps({"uri": uri, "version": version, "job": template}, sort_keys=True)
+    # how the jobs are asked (interactive or batch) is not part of what they are: a rerun
+    # in the other mode finds what the first run committed
+    job = dict(template)
+    if isinstance(job.get("options"), dict):
+        options = {k: v for k, v in job["options"].items() if k != "mode"}
+        job["options"] = options
+        if not options:
+            del job["options"]
+    material = json.dumps({"uri": uri, "version": version, "job": job}, sort_keys=True)
     digest = hashlib.sha256(material.encode()).hexdigest()[:32]
     tail = _SLUG_CHARS.sub("-", uri.rsplit("/", 1)[-1]).strip("-._")[:48]
     return f"{tail}-{digest}" if tail else f"obj-{digest}"

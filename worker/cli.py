@@ -122,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="JSON",
         help='the jobs\' options, e.g. \'{"media_resolution": "low", "max_output_tokens": 200}\'',
     )
+    bulk.add_argument(
+        "--batch",
+        action="store_true",
+        help="answer through the Gemini Batch API: about half the price, within a day "
+        "(options.mode batch; the workers group the requests into batch jobs)",
+    )
     bulk.add_argument("--wait", action="store_true", help="wait for every job and summarise")
     bulk.add_argument(
         "--dry-run",
@@ -220,6 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
         "endpoint, the key and the model: one models.get, nothing generated). Exit status "
         "1 when any check fails.",
     )
+    batches = sub.add_parser(
+        "batches",
+        help="the fleet's Gemini batch jobs (batch mode): list, show, cancel",
+        description="Batch jobs the workers assembled from jobs in batch mode "
+        "(options.mode batch, gvw enqueue-prefix --batch), with their state at Gemini and "
+        "progress. Cancelling one sends its jobs back (GVW_BATCH_FALLBACK).",
+    )
+    batches_sub = batches.add_subparsers(dest="batches_command", metavar="ACTION", required=True)
+    batches_list = batches_sub.add_parser("list", help="every batch kept, newest first")
+    batches_list.add_argument("--json", action="store_true", help="print JSON lines")
+    for action in ("show", "cancel"):
+        one = batches_sub.add_parser(action, help=f"{action} one batch (its id, as listed)")
+        one.add_argument("batch_id", metavar="BATCH_ID")
     costs = sub.add_parser(
         "costs",
         help="today's spending against GVW_BUDGET_USD_PER_DAY, and the price table in use",
@@ -319,6 +338,8 @@ def _job_options(args: argparse.Namespace) -> dict[str, Any]:
         options["response_schema"] = json.loads(text)
     if getattr(args, "options_json", None):
         options["options"] = json.loads(args.options_json)
+    if getattr(args, "batch", False):
+        options["options"] = {**options.get("options", {}), "mode": "batch"}
     return options
 
 
@@ -480,6 +501,66 @@ def _cmd_files(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_batches(args: argparse.Namespace) -> int:
+    from worker.runtime import build_ports
+    from worker.settings import get_settings
+
+    ports = build_ports(get_settings())
+    if ports.batches is None:
+        _fail("batch mode needs GVW_REDIS_URL")
+        return EXIT_FAILED
+    now = time.time()
+    if args.batches_command == "list":
+        records = list(ports.batches.all_batches())
+        for listed in records:
+            row = {
+                "batch_id": listed.batch_id,
+                "name": listed.name,
+                "model": listed.model,
+                "state": listed.state,
+                "gemini_state": listed.gemini_state,
+                "jobs": len(listed.job_ids),
+                "source": listed.source,
+                "age_s": round(now - listed.created_at, 1),
+            }
+            if args.json:
+                print(json.dumps(row))
+            else:
+                print(
+                    f"{listed.batch_id}  {listed.state:<10} {listed.gemini_state or '-':<20} "
+                    f"{len(listed.job_ids):>6} jobs  {listed.model:<24} "
+                    f"{(now - listed.created_at) / 60:7.1f} min  {listed.name or '(not submitted)'}"
+                )
+        if not args.json:
+            by_model = {m: ports.batches.pending_count(m) for m in ports.batches.pending_models()}
+            summary = ", ".join(f"{m}: {n}" for m, n in by_model.items() if n) or "none"
+            print(f"{len(records)} batches; jobs waiting for a batch: {summary}")
+        return EXIT_OK
+    one = ports.batches.batch(args.batch_id)
+    if one is None:
+        _fail(f"no batch {args.batch_id!r} (gvw batches list)")
+        return EXIT_FAILED
+    record = one
+    if args.batches_command == "cancel":
+        if not record.name:
+            _fail("the batch is not submitted yet: nothing to cancel at Gemini")
+            return EXIT_FAILED
+        ports.gemini.cancel_batch(record.name)
+        print(f"cancelled {record.name}; its jobs go back when the follower sees it")
+        return EXIT_OK
+    remote = ports.gemini.get_batch(record.name) if record.name else None
+    waiting = sum(1 for job_id in record.job_ids if ports.batches.is_waiting(job_id))
+    print(f"batch {record.batch_id} ({record.display_name}), model {record.model}")
+    print(f"  state: {record.state}; at Gemini: {remote.state if remote else 'not submitted'}")
+    print(f"  name: {record.name or '-'}, source: {record.source or '-'}")
+    print(
+        f"  jobs: {len(record.job_ids)}, {len(record.job_ids) - waiting} answered or sent "
+        f"back, {waiting} waiting"
+    )
+    print(f"  created {(now - record.created_at) / 60:.1f} min ago")
+    return EXIT_OK
+
+
 def _cmd_costs(args: argparse.Namespace) -> int:
     from worker.runtime import build_ports
     from worker.settings import get_settings
@@ -590,6 +671,7 @@ def _cmd_dead_letters(args: argparse.Namespace) -> int:
 
 _HANDLERS = {
     "submit": _cmd_submit,
+    "batches": _cmd_batches,
     "costs": _cmd_costs,
     "status": _cmd_status,
     "result": _cmd_result,

@@ -42,6 +42,8 @@ class JobOptions(BaseModel):
     fresh: bool = False
     # tokens spent on each image (fewer: cheaper, less detail); ultra_high: Gemini 3+ only
     media_resolution: Literal["low", "medium", "high", "ultra_high"] | None = None
+    # "batch": answered through the Gemini Batch API, at the batch price, within a day
+    mode: Literal["interactive", "batch"] = "interactive"
 
 
 class Job(BaseModel):
@@ -81,6 +83,9 @@ class Job(BaseModel):
         Fields as the producer gave them (a model left out is not GVW_MODEL), options
         with their defaults filled in."""
         material = self.model_dump(mode="json", exclude={"job_id", "output"})
+        # how it is asked (interactive or batch) does not change the answer: a batch job
+        # sent back to the interactive path is still the same job
+        material["options"].pop("mode", None)
         material["folder"] = folder
         return _digest(material)
 

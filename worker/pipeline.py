@@ -132,6 +132,15 @@ def run(
         done = finished(ports.stores, job.job_id, folder, fingerprint)
         if done is not None:
             return done
+        if job.options.mode == "batch":
+            if ports.batches is None:
+                raise InvalidJob(
+                    "batch mode needs the fleet's Redis (GVW_REDIS_URL)", field="options.mode"
+                )
+            paid = ports.answers.get(job.job_id, fingerprint)
+            if paid is None and ports.batches.is_waiting(job.job_id):
+                # a redelivery of a job already waiting for its batch: nothing to do
+                return Outcome(job_id=job.job_id, status="batched", record_uri="")
         # Runs that took the lock and never ended, counted here and per job: a delivery
         # that only met a dead run's lock (JobBusy) is not a run, and its Celery retry
         # must not start a fresh count. A run that ends in this worker, however it ends,
@@ -217,7 +226,8 @@ def _run_locked(
             job_id=job.job_id,
             refetch=lambda index: prepare(index, None),
             defer_uploads=looks_up,
-            mode=settings.gvw_transport,
+            # a batch request names its images (it waits in Redis, and a batch is small)
+            mode="file_api" if job.options.mode == "batch" else settings.gvw_transport,
         )
     # One image at a time: fetched, checked against the job's pixel budget before it is
     # decoded, prepared, and handed to the request (which keeps only what it sends).
@@ -276,6 +286,34 @@ def _run_locked(
         # one model call may take
         lookup = ports.answer_cache.lookup(cache_key, wait_s=settings.gvw_gemini_timeout_s)
         ANSWER_CACHE.labels("hit" if lookup.found else "miss").inc()
+    if paid is None and lookup.found is None and job.options.mode == "batch":
+        try:
+            assert images is not None and ports.batches is not None
+            with timer.stage("ask"):  # uploads: a batch request names its images
+                sent = images.sent()
+                batch_request = ports.gemini.batch_request(
+                    model=model,
+                    images=[s.part for s in sent],
+                    request=request,
+                    options=options,
+                    key=job.job_id,
+                )
+            estimate = _estimate_usd(ports, model, request, options, image_tokens)
+            ports.batches.add_job(
+                job.job_id,
+                job=job.as_record(),
+                request=batch_request,
+                model=model,
+                fingerprint=fingerprint,
+                transports=[s.transport for s in sent],
+                estimate_usd=estimate * (1 - ports.prices.batch_discount),
+            )
+        finally:
+            if cache_key is not None and lookup.lead_token is not None:
+                ports.answer_cache.release(cache_key, lookup.lead_token)
+        ports.schedule_batch_run()
+        log.info("job waits for a batch", extra={"job_id": job.job_id, "model": model})
+        return Outcome(job_id=job.job_id, status="batched", record_uri="", timings_s=timer.seconds)
     try:
         answer, transports, parsed = _answer(
             job, ports, task, spec, model, request, options,
@@ -335,6 +373,7 @@ def _run_locked(
             finish_reason=answer.finish_reason,
             fingerprint=fingerprint,
             media_resolution=options.media_resolution,
+            mode="batch" if answer.batch else "interactive",
             answer_reused_from=(
                 ReusedAnswer(job_id=reused.job_id, answered_at=reused.answered_at)
                 if reused is not None
@@ -519,7 +558,7 @@ def answer_cost_usd(ports: Ports, model: str, answer: ModelAnswer) -> float | No
     """What this answer cost at the price table's rates (thinking billed as output)."""
     usage = answer.usage
     cost = ports.prices.cost_usd(
-        model, usage.prompt_tokens, usage.output_tokens + usage.thoughts_tokens
+        model, usage.prompt_tokens, usage.output_tokens + usage.thoughts_tokens, batch=answer.batch
     )
     return round(cost, 8) if cost is not None else None
 

@@ -8,13 +8,14 @@ Protocol below (and `worker.gemini.port.Gemini`), never through an adapter's own
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from tasks.pricing import PriceTable
 from worker.answer_cache import AnswerCache
 from worker.answer_store import AnswerStore
+from worker.batch_store import BatchStore
 from worker.budget import Budget
 from worker.deliveries import Deliveries
 from worker.gemini.file_cache import FileCache
@@ -58,6 +59,10 @@ class Ports:
     prices: PriceTable
     answer_cache: AnswerCache
     budget: Budget
+    # batch mode's state (None without Redis: batch mode is then refused)
+    batches: BatchStore | None = None
+    # asks for a follower run soon (set by the Celery app; `worker.batch_runner`)
+    schedule_batch_run: Callable[[], None] = field(default=lambda: None)
 
     def sender(self) -> ImageSender:
         return ImageSender(

@@ -246,6 +246,8 @@ class ResultRecord(RecordModel):
     fingerprint: str | None = None
     # the job's options.media_resolution (None: the model's default)
     media_resolution: str | None = None
+    # how the answer was bought: "interactive" or "batch" (the Batch API's price)
+    mode: str = "interactive"
     # the answer came from the answer cache (GVW_ANSWER_CACHE_TTL_S): whose it was
     answer_reused_from: ReusedAnswer | None = None
 
@@ -277,7 +279,8 @@ class Outcome(BaseModel):
     """How one run of the task ended: what the task returns to Celery (`as_dict`)."""
 
     job_id: str
-    status: Literal["succeeded", "failed"]
+    # batched: the job waits for a batch's answer (worker.batch_runner sends it again)
+    status: Literal["succeeded", "failed", "batched"]
     record_uri: str
     already_done: bool = False
     timings_s: dict[str, float] = Field(default_factory=dict)

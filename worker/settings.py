@@ -87,6 +87,16 @@ class Settings(BaseSettings):
     # Dollars the fleet may spend on Gemini per UTC day, at the price table's rates,
     # shared by every worker through Redis (0 = no budget). worker/budget.py.
     gvw_budget_usd_per_day: float = Field(default=0.0, ge=0)
+    # Batch mode (options.mode "batch"; worker/batch_runner.py): a batch is submitted once
+    # this many requests wait, or when the oldest has waited this long; requests above the
+    # inline size go in a JSONL file; the follower looks every GVW_BATCH_POLL_S; a batch
+    # that fails, expires or is cancelled sends its jobs to the next batch ("batch") or
+    # to the interactive path ("interactive").
+    gvw_batch_max_requests: int = Field(default=1000, ge=1, le=50_000)
+    gvw_batch_max_wait_s: float = Field(default=60.0, ge=0)
+    gvw_batch_inline_max_bytes: int = Field(default=19_000_000, ge=0, le=20_000_000)
+    gvw_batch_poll_s: float = Field(default=30.0, gt=0)
+    gvw_batch_fallback: Literal["batch", "interactive"] = "batch"
     # How images reach Gemini: auto (inline, the File API above GVW_INLINE_MAX_BYTES),
     # inline (never the File API), file_api (every image uploaded, for reuse), url (an
     # s3:// JPEG Gemini can take as stored goes as a pre-signed URL Gemini fetches; the

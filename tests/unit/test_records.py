@@ -81,13 +81,14 @@ def test_old_records_are_read() -> None:
 
 def test_a_new_result_is_the_contracts_json_byte_for_byte() -> None:
     # the fields added since: the call's cost, the media resolution and the answer
-    # reused (issue 12), the job's fingerprint
+    # reused (issue 12), the mode (issue 13), the job's fingerprint
     usage = {**OLD_RESULT["usage"], "cost_usd": None}  # type: ignore[dict-item]
     expected = {
         **OLD_RESULT,
         "usage": usage,
         "fingerprint": "f" * 32,
         "media_resolution": None,
+        "mode": "interactive",
         "answer_reused_from": None,
     }
     record = ResultRecord(

@@ -28,6 +28,10 @@ class EmulatorConfig:
     max_request_bytes: int = 100 * 1024 * 1024
     # what a URL in file_data may hold (the API's limit for fetched files, 100 MB)
     max_url_bytes: int = 100 * 1000 * 1000
+    # a batch job is RUNNING from this many seconds after its creation, and answered at
+    # the second (the real API takes minutes to 24 hours)
+    batch_running_after_s: float = 0.0
+    batch_done_after_s: float = 2.0
 
     def updated(self, values: Mapping[str, Any]) -> EmulatorConfig:
         """A copy with `values` applied; unknown names and wrong types raise ValueError."""

@@ -111,6 +111,10 @@ def url_too_large(limit: int) -> ApiError:
     return invalid_argument(f"The file at the provided URL exceeds the limit of {limit} bytes.")
 
 
+def batch_not_found(name: str) -> ApiError:
+    return ApiError(404, "NOT_FOUND", f"Requested entity was not found: {name}.")  # wording ours
+
+
 def invalid_json(detail: str) -> ApiError:
     return invalid_argument(f"Invalid JSON payload received. {detail}")
 

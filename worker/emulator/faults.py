@@ -15,7 +15,10 @@ from typing import Any, Final
 
 ERROR_KINDS: Final = ("429", "429_daily", "500", "503", "400")
 CONTENT_KINDS: Final = ("safety", "prompt_blocked", "max_tokens", "garbage", "empty")
-FAULT_KINDS: Final = ERROR_KINDS + CONTENT_KINDS
+# for the next batch job: `count` of its requests fail (500 each), or the whole batch ends
+# FAILED or EXPIRED with no answers
+BATCH_KINDS: Final = ("batch_request", "batch_failed", "batch_expired")
+FAULT_KINDS: Final = ERROR_KINDS + CONTENT_KINDS + BATCH_KINDS
 
 
 @dataclass
@@ -67,14 +70,25 @@ class FaultQueue:
             self._queue.append(fault)
 
     def take(self, model: str) -> Fault | None:
-        """The first queued fault that applies to `model`, one use of it."""
+        """The first queued call fault that applies to `model`, one use of it."""
         with self._lock:
             for index, fault in enumerate(self._queue):
+                if fault.kind in BATCH_KINDS:
+                    continue
                 if fault.model is None or fault.model == model:
                     fault.count -= 1
                     if fault.count == 0:
                         del self._queue[index]
                     return Fault(fault.kind, fault.retry_delay_s, 1, fault.model)
+        return None
+
+    def take_batch(self, model: str) -> Fault | None:
+        """The first queued batch fault that applies to `model`, whole: a `batch_request`
+        fault's count is how many requests of that one batch fail."""
+        with self._lock:
+            for index, fault in enumerate(self._queue):
+                if fault.kind in BATCH_KINDS and (fault.model is None or fault.model == model):
+                    return self._queue.pop(index)
         return None
 
     def pending(self) -> list[dict[str, Any]]:

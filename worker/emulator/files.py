@@ -47,6 +47,7 @@ class StoredFile:
     create_ns: int
     active_ns: int
     expire_ns: int
+    generated: bool = False  # written by the API (a batch's results): downloadable
 
     @property
     def name(self) -> str:
@@ -70,9 +71,11 @@ class StoredFile:
                 "sha256Hash": base64.b64encode(self.sha256_hex.encode("ascii")).decode("ascii"),
                 "uri": self.uri,
                 "state": self.state(now_ns),
-                "source": "UPLOADED",
+                "source": "GENERATED" if self.generated else "UPLOADED",
             }
         )
+        if self.generated:
+            obj["downloadUri"] = f"{self.uri}:download?alt=media"
         return obj
 
 
@@ -189,6 +192,28 @@ class FileStore:
             )
             self._files[stored.file_id] = stored
             return ChunkResult(received_bytes=len(data), file=stored)
+
+    def add_generated(
+        self, data: bytes, *, mime_type: str, display_name: str, base_url: str, ttl_s: float
+    ) -> StoredFile:
+        """A file the API wrote itself (a batch's results), ACTIVE at once."""
+        now_ns = time.time_ns()
+        with self._lock:
+            file_id = self._new_file_id_locked()
+            stored = StoredFile(
+                file_id=file_id,
+                display_name=display_name,
+                mime_type=mime_type,
+                data=data,
+                sha256_hex=hashlib.sha256(data).hexdigest(),
+                uri=f"{base_url}/v1beta/files/{file_id}",
+                create_ns=now_ns,
+                active_ns=now_ns,
+                expire_ns=now_ns + int(ttl_s * 1e9),
+                generated=True,
+            )
+            self._files[file_id] = stored
+        return stored
 
     def received_bytes(self, upload_id: str) -> int:
         with self._lock:

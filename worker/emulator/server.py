@@ -37,8 +37,12 @@ DEFAULT_PORT = 8765
 _log = logging.getLogger("worker.emulator")
 
 _MODEL_CALL_RE = re.compile(
-    r"^/(v1|v1beta|v1alpha)/models/([^/:]+):(generateContent|streamGenerateContent|countTokens)$"
+    r"^/(v1|v1beta|v1alpha)/models/([^/:]+):"
+    r"(generateContent|streamGenerateContent|countTokens|batchGenerateContent)$"
 )
+_BATCHES_RE = re.compile(r"^/(v1|v1beta|v1alpha)/batches$")
+_BATCH_RE = re.compile(r"^/(v1|v1beta|v1alpha)/batches/([^/:]+)(:cancel)?$")
+_FILE_DOWNLOAD_RE = re.compile(r"^/(?:download/)?(v1|v1beta|v1alpha)/files/([^/:]+):download$")
 _MODEL_RE = re.compile(r"^/(v1|v1beta|v1alpha)/models/([^/:]+)$")
 _UPLOAD_RE = re.compile(r"^/upload/(v1|v1beta|v1alpha)/files$")
 _FILES_RE = re.compile(r"^/(v1|v1beta|v1alpha)/files$")
@@ -285,6 +289,10 @@ class _Handler(BaseHTTPRequestHandler):
                 service.check_api_key(headers, query)
                 service.check_model(model, api_version)
                 return service.count_tokens(model, raw_body)
+            if call == "batchGenerateContent":
+                service.check_api_key(headers, query)
+                service.check_model(model, api_version)
+                return service.batch_create(model, raw_body, self._base_url())
             body, status = service.generate(
                 model, raw_body, api_version=api_version, headers=headers, query=query
             )
@@ -301,6 +309,24 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "GET" and _FILES_RE.match(path):
             service.check_api_key(headers, query)
             return service.list_files(query)
+
+        if method == "GET" and _BATCHES_RE.match(path):
+            service.check_api_key(headers, query)
+            return service.batch_list(query)
+
+        if match := _BATCH_RE.match(path):
+            service.check_api_key(headers, query)
+            batch_id, cancel = match.group(2), match.group(3)
+            if method == "POST" and cancel:
+                return service.batch_cancel(batch_id)
+            if method == "GET" and not cancel:
+                return service.batch_get(batch_id)
+            if method == "DELETE" and not cancel:
+                return service.batch_delete(batch_id)
+
+        if method == "GET" and (match := _FILE_DOWNLOAD_RE.match(path)):
+            service.check_api_key(headers, query)
+            return service.download_file(match.group(2))
 
         if method in ("GET", "DELETE") and (match := _FILE_RE.match(path)):
             service.check_api_key(headers, query)

@@ -15,6 +15,7 @@ from typing import Any
 
 from worker.emulator import errors
 from worker.emulator.answers import Question, compose_answer
+from worker.emulator.batches import Batch, BatchStore, operation_json
 from worker.emulator.config import EmulatorConfig
 from worker.emulator.errors import ApiError
 from worker.emulator.faults import Fault, FaultQueue
@@ -74,6 +75,7 @@ class EmulatorService:
         self._config = self._initial_config
         self._config_lock = threading.Lock()
         self.files = FileStore()
+        self.batches = BatchStore()
         self.faults = FaultQueue()
         self.stats = Stats(self._config.request_log_size)
         self._analyses = AnalysisCache()
@@ -99,6 +101,7 @@ class EmulatorService:
         with self._config_lock:
             self._config = self._initial_config
         self.files.reset()
+        self.batches.reset()
         self.faults.clear()
         self.stats.reset(self._config.request_log_size)
         self._analyses.clear()
@@ -128,6 +131,7 @@ class EmulatorService:
         api_version: str = "v1beta",
         headers: Mapping[str, str] | None = None,
         query: Mapping[str, str] | None = None,
+        method: str = "generate",
     ) -> tuple[dict[str, Any], int]:
         """The response body and HTTP status (200 or an error). Checks the key and the model
         first (every call is counted, rejected ones too), then applies a queued fault, then
@@ -163,9 +167,10 @@ class EmulatorService:
         except ApiError as exc:
             body, status = exc.body(), exc.code
             outcome = fault.kind if fault is not None and fault.is_error else exc.outcome
-        self._sleep_latency(config, started)
+        if method == "generate":
+            self._sleep_latency(config, started)  # a batch's answers take no call latency
         self.stats.record_generate(
-            method="generate",
+            method=method,
             model=model,
             outcome=outcome,
             status_code=status,
@@ -336,6 +341,86 @@ class EmulatorService:
             {"file": result.file.to_json(time.time_ns())},
             headers={"x-goog-upload-status": "final"},
         )
+
+    # ---- the Batch API (worker.emulator.batches) -------------------------------------
+
+    def batch_create(self, model: str, raw_body: bytes, base_url: str) -> Reply:
+        fault = self.faults.take_batch(model)
+        outcome = {"batch_failed": "BATCH_STATE_FAILED", "batch_expired": "BATCH_STATE_EXPIRED"}
+        batch = self.batches.create(
+            model,
+            _loads(raw_body),
+            read_file=self._read_input_file,
+            failing_requests=fault.count if fault and fault.kind == "batch_request" else 0,
+            fail_outcome=outcome.get(fault.kind) if fault else None,
+        )
+        self._batch_base_url = base_url
+        self.stats.count("batches_created")
+        self.stats.count("batch_requests_total", len(batch.requests))
+        return json_reply(operation_json(batch))
+
+    def batch_get(self, batch_id: str) -> Reply:
+        self.stats.count("batch_gets")
+        return json_reply(operation_json(self._advanced(f"batches/{batch_id}")))
+
+    def batch_list(self, query: Mapping[str, str]) -> Reply:
+        size_text = query.get("pageSize") or query.get("page_size") or "50"
+        if not size_text.isdigit():
+            raise errors.invalid_argument("pageSize must be a number.")
+        page, next_token = self.batches.page(
+            min(int(size_text) or 50, 1000), query.get("pageToken") or query.get("page_token")
+        )
+        body: dict[str, Any] = {
+            "operations": [operation_json(self._advanced(batch.name)) for batch in page]
+        }
+        if next_token:
+            body["nextPageToken"] = next_token
+        return json_reply(body)
+
+    def batch_cancel(self, batch_id: str) -> Reply:
+        self.batches.cancel(f"batches/{batch_id}")
+        return json_reply({})
+
+    def batch_delete(self, batch_id: str) -> Reply:
+        self.batches.delete(f"batches/{batch_id}")
+        return json_reply({})
+
+    def download_file(self, file_id: str) -> Reply:
+        stored = self.files.get(file_id)
+        if not stored.generated:
+            raise errors.invalid_argument(
+                "Only generated files can be downloaded; uploaded files cannot."
+            )
+        return Reply(200, stored.data, content_type=stored.mime_type)
+
+    def _advanced(self, name: str) -> Batch:
+        batch = self.batches.get(name)
+        config = self._config
+        self.batches.advance(
+            batch,
+            running_after_s=config.batch_running_after_s,
+            done_after_s=config.batch_done_after_s,
+            answer=self._batch_answer,
+            store_result_file=self._store_result_file,
+        )
+        return batch
+
+    def _batch_answer(self, model: str, request: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        headers = {"x-goog-api-key": self.api_key} if self.api_key else {}
+        return self.generate(model, json.dumps(request).encode(), headers=headers, method="batch")
+
+    def _store_result_file(self, data: bytes) -> str:
+        stored = self.files.add_generated(
+            data,
+            mime_type="application/jsonl",
+            display_name="batch-results",
+            base_url=getattr(self, "_batch_base_url", "http://127.0.0.1"),
+            ttl_s=self._config.file_ttl_s,
+        )
+        return stored.name
+
+    def _read_input_file(self, file_name: str) -> bytes:
+        return self.files.get_for_generation(file_name.removeprefix("files/")).data
 
     def get_file(self, file_id: str) -> Reply:
         self.stats.count("file_gets")

@@ -9,22 +9,31 @@ only: a pickled `APIError` crosses Celery as a bare `APIError` and loses its cla
 from __future__ import annotations
 
 import io
+import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from google import genai
 from google.genai import types
 
 from tasks.base import ModelRequest
-from tasks.errors import ModelBlocked, ModelOutputInvalid, ModelRejected, ModelUnavailable
+from tasks.errors import (
+    GvwError,
+    ModelBlocked,
+    ModelOutputInvalid,
+    ModelRejected,
+    ModelUnavailable,
+)
 from tasks.model_families import media_resolution_for, thinking_for
-from worker.gemini.errors import gemini_errors
+from worker.gemini.errors import gemini_errors, translate_api_error
 from worker.gemini.records import (
     GenerationOptions,
     ImagePart,
     ModelAnswer,
+    RemoteBatch,
     RemoteFile,
     TokenUsage,
 )
@@ -158,6 +167,108 @@ class GeminiGateway:
             pause_s = min(pause_s * 2, 5.0)
             file = self.get_file(file.name)
 
+    # --- the Batch API ----------------------------------------------------------------------
+
+    def batch_request(
+        self,
+        *,
+        model: str,
+        images: Sequence[ImagePart],
+        request: ModelRequest,
+        options: GenerationOptions,
+        key: str,
+    ) -> dict[str, Any]:
+        """One request of a batch, as the SDK's `InlinedRequest` in JSON (what the fleet
+        keeps in Redis until a batch takes it), its job id in ``metadata.key``."""
+        resolution = media_resolution_for(model, options.media_resolution)
+        config = self._config(model, request, options, resolution.request)
+        contents = self._contents(images, request, resolution.per_part)
+        inlined = types.InlinedRequest(
+            model=model,
+            contents=[types.Content(role="user", parts=contents)],
+            config=config,
+            metadata={"key": key},
+        )
+        return dict(inlined.model_dump(mode="json", exclude_none=True))
+
+    def create_batch(
+        self,
+        *,
+        model: str,
+        requests: Sequence[dict[str, Any]],
+        display_name: str,
+        inline_max_bytes: int,
+    ) -> tuple[RemoteBatch, str]:
+        """Submit `requests` as one batch job: inline when they fit `inline_max_bytes`,
+        else as a JSONL file uploaded through the File API (one ``{"key", "request"}``
+        line per request). Returns the batch and its source ("inline" or "file")."""
+        inlined = [types.InlinedRequest.model_validate(r) for r in requests]
+        config = types.CreateBatchJobConfig(display_name=display_name)
+        size = sum(len(json.dumps(r)) for r in requests)
+        with gemini_errors():
+            if size <= inline_max_bytes:
+                job = self._client.batches.create(model=model, src=inlined, config=config)
+                return _remote_batch(job), "inline"
+            lines = (
+                json.dumps({"key": str((r.metadata or {}).get("key")), "request": body})
+                for r, body in ((r, _rest_request(self._client, r)) for r in inlined)
+            )
+            data = ("\n".join(lines) + "\n").encode()
+            uploaded = self._client.files.upload(
+                file=io.BytesIO(data),
+                config=types.UploadFileConfig(
+                    mime_type="application/jsonl", display_name=display_name
+                ),
+            )
+            job = self._client.batches.create(model=model, src=uploaded.name or "", config=config)
+        return _remote_batch(job), "file"
+
+    def get_batch(self, name: str) -> RemoteBatch:
+        with gemini_errors():
+            return _remote_batch(self._client.batches.get(name=name))
+
+    def find_batch(self, display_name: str, *, max_pages: int = 10) -> RemoteBatch | None:
+        """The batch the fleet named `display_name` (the newest pages), or None: how a
+        follower that died between submitting and recording finds what it submitted."""
+        with gemini_errors():
+            pager = self._client.batches.list(config=types.ListBatchJobsConfig(page_size=100))
+            for index, job in enumerate(pager):
+                if index >= max_pages * 100:
+                    break
+                if job.display_name == display_name:
+                    return _remote_batch(job)
+        return None
+
+    def cancel_batch(self, name: str) -> None:
+        with gemini_errors():
+            self._client.batches.cancel(name=name)
+
+    def batch_answers(self, name: str) -> dict[str, ModelAnswer | GvwError]:
+        """A finished batch's answers by key: the answer, or the error its request
+        ended in (translated like an interactive call's, so the retry policy applies)."""
+        with gemini_errors():
+            job = self._client.batches.get(name=name)
+            dest = job.dest
+            found: dict[str, ModelAnswer | GvwError] = {}
+            if dest is not None and dest.inlined_responses is not None:
+                for item in dest.inlined_responses:
+                    key = str((item.metadata or {}).get("key", ""))
+                    found[key] = _batch_item(item.response, item.error)
+            elif dest is not None and dest.file_name:
+                data = self._client.files.download(file=dest.file_name)
+                for line in data.decode().splitlines():
+                    if not line.strip():
+                        continue
+                    entry = json.loads(line)
+                    response = entry.get("response")
+                    parsed = (
+                        types.GenerateContentResponse._from_response(response=response, kwargs={})
+                        if isinstance(response, dict)
+                        else None
+                    )
+                    found[str(entry.get("key", ""))] = _batch_item(parsed, entry.get("error"))
+        return found
+
     @staticmethod
     def _contents(
         images: Sequence[ImagePart], request: ModelRequest, resolution: str | None
@@ -245,6 +356,45 @@ def _enum_name(value: Any) -> str:
     if value is None:
         return ""
     return str(getattr(value, "value", value))
+
+
+def _remote_batch(job: types.BatchJob) -> RemoteBatch:
+    return RemoteBatch(
+        name=job.name or "",
+        display_name=job.display_name or "",
+        state=_enum_name(job.state),
+        model=job.model or "",
+        create_time=str(job.create_time or ""),
+        end_time=str(job.end_time or ""),
+    )
+
+
+def _batch_item(
+    response: types.GenerateContentResponse | None, error: Any
+) -> ModelAnswer | GvwError:
+    if response is None:
+        status = error if isinstance(error, dict) else {}
+        return translate_api_error(
+            int(status.get("code") or 500), str(status.get("status") or ""),
+            str(status.get("message") or "the request failed inside its batch"), None,
+        )  # fmt: skip
+    try:
+        return replace(read_response(response), batch=True)
+    except GvwError as exc:
+        return exc
+
+
+def _rest_request(client: genai.Client, inlined: types.InlinedRequest) -> dict[str, Any]:
+    """The REST body of one batch request, as the SDK would send it inline: a JSONL line
+    carries the same. The SDK has no public converter; its own (private) one is used
+    and `tests/integration/test_batch_mode.py` runs it against the emulator."""
+    from google.genai import _common
+    from google.genai.batches import _InlinedRequest_to_mldev
+
+    converted = _InlinedRequest_to_mldev(client._api_client, inlined)
+    body: dict[str, Any] = _common.encode_unserializable_types(_common.convert_to_dict(converted))
+    request: dict[str, Any] = body["request"]
+    return request
 
 
 def _sdk_part(part: ImagePart, resolution: str | None = None) -> types.Part:

@@ -36,6 +36,8 @@ class ModelAnswer:
     finish_reason: str
     usage: TokenUsage
     model_version: str | None = None
+    # answered through the Batch API, billed at the batch price
+    batch: bool = False
 
 
 @dataclass(frozen=True)
@@ -62,3 +64,26 @@ class RemoteFile:
     expires_at: float | None
     display_name: str = ""
     error_message: str = ""
+
+
+@dataclass(frozen=True)
+class RemoteBatch:
+    """A Batch API job as the worker needs it: its name (``batches/abc``), the display
+    name the fleet gave it, and its state (``JOB_STATE_PENDING``, ``_RUNNING``,
+    ``_SUCCEEDED``, ``_FAILED``, ``_CANCELLED``, ``_EXPIRED``)."""
+
+    name: str
+    display_name: str
+    state: str
+    model: str = ""
+    create_time: str = ""
+    end_time: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.state in BATCH_FINAL_STATES
+
+
+BATCH_FINAL_STATES = frozenset(
+    {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"}
+)

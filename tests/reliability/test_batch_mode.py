@@ -1,0 +1,184 @@
+"""Backfills through the Gemini Batch API, on real local services: `celery worker`
+processes, redis-server, moto's S3 server, and the emulator serving the Batch API the SDK
+uses (its time to completion and its failures set by each test)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import uuid
+from typing import Any
+
+from tests.harness import Stack, start_worker, wait_until
+from tests.integration.test_cli import gvw
+from tests.reliability.conftest import FleetFactory, assert_invariant
+from worker.emulator.scenes import make_scene
+
+BATCH_ENV = {
+    "GVW_BATCH_MAX_WAIT_S": "0.5",  # a batch goes as soon as its first job waited this long
+    "GVW_BATCH_POLL_S": "0.5",
+    "GVW_BATCH_MAX_REQUESTS": "100",
+}
+
+
+def put_scenes(stack: Stack, prefix: str, count: int) -> list[str]:
+    return [
+        stack.put(
+            f"{prefix}/{index:03d}.png",
+            make_scene(320, 240, shapes=["red circle", "blue rectangle"], seed=index).png_bytes(),
+        )
+        for index in range(count)
+    ]
+
+
+def batch_stats(stack: Stack) -> tuple[int, int, int]:
+    """Batches created, batch requests answered, interactive calls."""
+    stats = stack.emulator.stats()
+    return stats["batches_created"], stats["batch_calls"], stats["generate_calls"]
+
+
+def batch_requests_sent(stack: Stack) -> int:
+    return int(stack.emulator.stats()["batch_requests_total"])
+
+
+def test_a_prefix_backfilled_with_batch_is_answered_once_at_the_batch_price(
+    fleet: FleetFactory,
+) -> None:
+    with fleet(workers=2, concurrency=2, extra_env=BATCH_ENV) as stack:
+        stack.emulator.configure(batch_done_after_s=1.0)
+        prefix = f"backfill-{uuid.uuid4().hex[:8]}"
+        put_scenes(stack, prefix, 12)
+        done = gvw(
+            "enqueue-prefix",
+            f"s3://inbox/{prefix}/",
+            "--task",
+            "caption",
+            "--batch",
+            "--wait",
+            "--timeout",
+            "120",
+            env=stack.env,
+            timeout_s=180,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "submitted 12" in done.stdout and "succeeded 12, failed 0" in done.stdout
+        created, batch_calls, generate_calls = batch_stats(stack)
+        keys = [
+            k for k in _result_keys(stack) if k.startswith("vision/") and k.endswith("result.json")
+        ]
+        records = [_read(stack, key) for key in keys]
+        rerun = gvw(
+            "enqueue-prefix", f"s3://inbox/{prefix}/", "--task", "caption",
+            env=stack.env, timeout_s=120,
+        )  # fmt: skip
+
+    assert (batch_calls, generate_calls) == (12, 0)  # every answer bought once, in a batch
+    assert 1 <= created <= 3
+    assert len(records) >= 12
+    ours = [r for r in records if r["images"][0]["uri"].startswith(f"s3://inbox/{prefix}/")]
+    assert len(ours) == 12
+    for record in ours:
+        assert record["mode"] == "batch" and "circle" in record["output"]["text"]
+        usage = record["usage"]
+        full = (usage["prompt_tokens"] * 0.30 + usage["output_tokens"] * 2.50) / 1e6
+        assert abs(record["usage"]["cost_usd"] - full / 2) < 1e-7, usage
+    # the same prefix without --batch is the same jobs: nothing to do
+    assert "submitted 0, skipped as done 12" in rerun.stdout
+
+
+def test_workers_killed_while_a_batch_is_pending_resume_it_without_paying_twice(
+    fleet: FleetFactory, tmp_path: Any
+) -> None:
+    with fleet(workers=2, concurrency=2, extra_env=BATCH_ENV) as stack:
+        stack.emulator.configure(batch_done_after_s=3600)  # pending until the test says
+        uris = put_scenes(stack, f"kill-{uuid.uuid4().hex[:8]}", 6)
+        job_ids = [
+            stack.submit({"task": "caption", "images": [uri], "options": {"mode": "batch"}})
+            for uri in uris
+        ]
+        wait_until(
+            lambda: batch_stats(stack)[0] == 1 and _open_batches(stack) == 1,
+            timeout_s=60,
+            what="the batch to be submitted",
+        )
+        for worker in stack.workers:
+            worker.proc.send_signal(signal.SIGKILL)
+        for worker in stack.workers:
+            worker.proc.wait(timeout=30)
+        stack.emulator.configure(batch_done_after_s=0)  # the batch finishes while none runs
+        stack.workers[:] = [
+            start_worker(stack.env, tmp_path, name=f"again{n}", concurrency=2) for n in range(2)
+        ]
+        records = assert_invariant(stack, job_ids, timeout_s=120)
+        created, batch_calls, generate_calls = batch_stats(stack)
+
+    assert all(r["status"] == "succeeded" and r["mode"] == "batch" for r in records), records
+    assert (created, batch_calls, generate_calls) == (1, 6, 0)
+
+
+def test_failed_requests_are_retried_and_an_expired_batch_sends_its_jobs_back(
+    fleet: FleetFactory,
+) -> None:
+    env = {**BATCH_ENV, "GVW_BATCH_FALLBACK": "interactive"}
+    with fleet(workers=1, concurrency=2, extra_env=env) as stack:
+        stack.emulator.configure(batch_done_after_s=0.5)
+        stack.emulator.queue_fault("batch_request", count=1)  # the first request of a batch
+        uris = put_scenes(stack, f"retry-{uuid.uuid4().hex[:8]}", 3)
+        first = [
+            stack.submit({"task": "caption", "images": [u], "options": {"mode": "batch"}})
+            for u in uris
+        ]
+        retried = assert_invariant(stack, first, timeout_s=120)
+        after_retry = batch_stats(stack)
+        requests_sent = batch_requests_sent(stack)
+
+        stack.emulator.queue_fault("batch_expired")
+        expired_uri = put_scenes(stack, f"expired-{uuid.uuid4().hex[:8]}", 1)[0]
+        sent_back = stack.submit(
+            {"task": "caption", "images": [expired_uri], "options": {"mode": "batch"}}
+        )
+        (fallback,) = assert_invariant(stack, [sent_back], timeout_s=120)
+
+        # an operator cancels a pending batch: its job goes back too
+        stack.emulator.configure(batch_done_after_s=3600)
+        cancelled_uri = put_scenes(stack, f"cancel-{uuid.uuid4().hex[:8]}", 1)[0]
+        cancelled_job = stack.submit(
+            {"task": "caption", "images": [cancelled_uri], "options": {"mode": "batch"}}
+        )
+        wait_until(lambda: _open_batches(stack) == 1, timeout_s=60, what="a pending batch")
+        listed = [
+            json.loads(line)
+            for line in gvw("batches", "list", "--json", env=stack.env).stdout.splitlines()
+        ]
+        pending = [b for b in listed if b["state"] == "submitted"]
+        assert len(pending) == 1 and pending[0]["jobs"] == 1, listed
+        cancel = gvw("batches", "cancel", pending[0]["batch_id"], env=stack.env)
+        assert cancel.returncode == 0, cancel.stderr
+        (after_cancel,) = assert_invariant(stack, [cancelled_job], timeout_s=120)
+        shown = gvw("batches", "show", pending[0]["batch_id"], env=stack.env).stdout
+        final = batch_stats(stack)
+
+    assert all(r["status"] == "succeeded" and r["mode"] == "batch" for r in retried)
+    # 3 requests, one failed inside its batch and was asked again in the next
+    assert requests_sent == 4 and after_retry[1] == 3
+    assert after_retry[0] >= 2 and after_retry[2] == 0
+    # the expired batch answered nothing; its job went the interactive way
+    assert fallback["status"] == "succeeded" and fallback["mode"] == "interactive"
+    assert after_cancel["status"] == "succeeded" and after_cancel["mode"] == "interactive"
+    assert "state: returned; at Gemini: JOB_STATE_CANCELLED" in shown, shown
+    assert final[2] == 2
+
+
+def _open_batches(stack: Stack) -> int:
+    return int(stack.redis.client(db=1).scard("gvw:batch:open"))
+
+
+def _result_keys(stack: Stack) -> list[str]:
+    keys: list[str] = []
+    for page in stack.s3.get_paginator("list_objects_v2").paginate(Bucket="results"):
+        keys.extend(obj["Key"] for obj in page.get("Contents", []))
+    return keys
+
+
+def _read(stack: Stack, key: str) -> dict[str, Any]:
+    return dict(json.loads(stack.s3.get_object(Bucket="results", Key=key)["Body"].read()))

@@ -1,0 +1,249 @@
+"""The batch follower: waiting requests become Gemini batch jobs, and answers become jobs'
+results, with the same guarantees as an interactive answer.
+
+Run by the self-rescheduling `vision.batch_tick` task (one run at a time, under a Redis
+lock); no other long-running service. Each run:
+
+1. follows every open batch (`worker.batch_store`): submits the ones assembled but not
+   yet submitted (or, when an earlier run died between submitting and recording, finds
+   what it submitted by the batch's display name, so nothing is paid twice); polls the
+   submitted ones; delivers the finished ones;
+2. assembles new batches from the waiting requests of each model, once `max_requests`
+   are waiting or the oldest has waited `max_wait_s`.
+
+Delivering an answer stores it as the job's paid answer (`worker.answer_store`) and sends
+the job to the queue again: the pipeline finds the paid answer and publishes it with the
+same code as an interactive one (conditional create, artifacts, records), recording
+`mode: "batch"` and the batch price. A request that failed inside its batch goes through
+the usual retry policy (it waits for the next batch; past its retries, error.json). A
+batch that fails, expires or is cancelled sends its jobs back: to the next batch, or to
+the interactive path (GVW_BATCH_FALLBACK).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tasks.errors import BudgetExhausted, GvwError, ModelOutputInvalid
+from worker.batch_store import BatchRecord, BatchStore
+from worker.budget import Reservation
+from worker.failures import publish_error
+from worker.gemini.records import ModelAnswer
+from worker.ports import Ports
+from worker.retry_policy import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+Dispatch = Callable[[dict[str, Any]], None]
+
+
+class BatchRunner:
+    def __init__(
+        self, ports: Ports, store: BatchStore, dispatch: Dispatch, policy: RetryPolicy
+    ) -> None:
+        self._ports = ports
+        self._store = store
+        self._dispatch = dispatch
+        self._policy = policy
+        settings = ports.settings
+        self._max_requests = settings.gvw_batch_max_requests
+        self._max_wait_s = settings.gvw_batch_max_wait_s
+        self._inline_max_bytes = settings.gvw_batch_inline_max_bytes
+        self._fallback = settings.gvw_batch_fallback
+
+    def run_once(self) -> bool:
+        """One follower run; True while there is work left (a next run is needed)."""
+        token = self._store.lock(ttl_s=max(60.0, self._ports.settings.gvw_soft_time_limit_s))
+        if token is None:
+            return False  # another run holds the lock: it schedules the next one
+        try:
+            for batch_id in self._store.open_batches():
+                try:
+                    self._follow(batch_id)
+                except GvwError as err:  # Gemini or storage unreachable: next run
+                    log.warning(
+                        "could not follow a batch", extra={"batch": batch_id, "error": err.message}
+                    )
+            for model in self._store.pending_models():
+                self._assemble(model)
+            return self._store.has_work()
+        finally:
+            self._store.unlock(token)
+
+    # --- assembling and submitting -----------------------------------------------------
+
+    def _assemble(self, model: str) -> None:
+        while True:
+            waiting = self._store.pending_count(model)
+            oldest = self._store.oldest_pending_at(model)
+            due = oldest is not None and time.time() - oldest >= self._max_wait_s
+            if waiting == 0 or (waiting < self._max_requests and not due):
+                return
+            record = self._store.take(model, self._max_requests)
+            if record is None:
+                return
+            log.info(
+                "batch assembled",
+                extra={"batch": record.batch_id, "model": model, "jobs": len(record.job_ids)},
+            )
+            self._submit(record)
+
+    def _submit(self, record: BatchRecord) -> None:
+        requests = []
+        estimate_usd = 0.0
+        for job_id in record.job_ids:
+            waiting = self._store.job(job_id)
+            if waiting is not None:
+                requests.append(waiting.request)
+                estimate_usd += waiting.estimate_usd
+        if not requests:
+            self._store.close(record.batch_id, "empty")
+            return
+        if record.budget_day is None and self._ports.budget.enabled:
+            try:
+                reservation = self._ports.budget.reserve(estimate_usd, max_wait_s=0)
+            except BudgetExhausted:
+                log.info(
+                    "the day's budget has no room for a batch yet", extra={"batch": record.batch_id}
+                )
+                return  # stays assembled: a later run submits it
+            if reservation is not None:
+                self._store.update(
+                    record.batch_id,
+                    budget_day=reservation.day,
+                    budget_micro=reservation.estimate_micro,
+                )
+        # recorded before the call: a run that dies inside it finds the batch by name
+        self._store.update(record.batch_id, submit_started_at=f"{time.time():.3f}")
+        remote, source = self._ports.gemini.create_batch(
+            model=record.model,
+            requests=requests,
+            display_name=record.display_name,
+            inline_max_bytes=self._inline_max_bytes,
+        )
+        self._store.update(
+            record.batch_id,
+            state="submitted",
+            name=remote.name,
+            gemini_state=remote.state,
+            source=source,
+            submitted_at=f"{time.time():.3f}",
+        )
+        log.info(
+            "batch submitted",
+            extra={"batch": record.batch_id, "batch_name": remote.name, "requests": len(requests)},
+        )
+
+    # --- following ---------------------------------------------------------------------
+
+    def _follow(self, batch_id: str) -> None:
+        record = self._store.batch(batch_id)
+        if record is None:
+            return
+        if record.state == "assembled":
+            if record.submit_started_at is not None:
+                found = self._ports.gemini.find_batch(record.display_name)
+                if found is not None:
+                    self._store.update(
+                        batch_id, state="submitted", name=found.name, gemini_state=found.state
+                    )
+                    log.info(
+                        "adopted a batch submitted by a run that died", extra={"batch": batch_id}
+                    )
+                    return
+            self._submit(record)
+            return
+        if record.state != "submitted":
+            self._store.close(batch_id, record.state)
+            return
+        remote = self._ports.gemini.get_batch(record.name)
+        if remote.state != record.gemini_state:
+            self._store.update(batch_id, gemini_state=remote.state)
+        if not remote.finished:
+            return
+        if remote.state == "JOB_STATE_SUCCEEDED":
+            self._deliver(record)
+        else:
+            self._send_back(record, remote.state)
+
+    def _deliver(self, record: BatchRecord) -> None:
+        answers = self._ports.gemini.batch_answers(record.name)
+        delivered = failed = 0
+        spent_usd = 0.0
+        for job_id in record.job_ids:
+            waiting = self._store.job(job_id)
+            if waiting is None:
+                continue  # delivered by an earlier run that died before closing the batch
+            found = answers.get(job_id)
+            if isinstance(found, ModelAnswer):
+                self._ports.answers.put(job_id, waiting.fingerprint, found, waiting.transports)
+                spent_usd += self._cost_usd(record.model, found)
+                self._dispatch(waiting.job)
+                self._store.forget_job(job_id)
+                delivered += 1
+                continue
+            error = found or ModelOutputInvalid(
+                "the batch ended without an answer for this request", raw_text=""
+            )
+            tries = self._store.count_try(job_id)
+            if self._policy.should_retry(error, tries - 1):
+                self._store.requeue(job_id, record.model)  # the next batch asks again
+            else:
+                self._fail(waiting.job, job_id, error, tries, waiting.fingerprint)
+            failed += 1
+        self._settle(record, spent_usd)
+        self._store.close(record.batch_id, "delivered")
+        log.info(
+            "batch delivered",
+            extra={"batch": record.batch_id, "answers": delivered, "failed": failed},
+        )
+
+    def _send_back(self, record: BatchRecord, state: str) -> None:
+        """A batch that failed, expired or was cancelled: its jobs go again."""
+        for job_id in record.job_ids:
+            waiting = self._store.job(job_id)
+            if waiting is None:
+                continue
+            if self._fallback == "batch":
+                self._store.requeue(job_id, record.model)
+            else:
+                self._store.forget_job(job_id)
+                job = dict(waiting.job)
+                job["options"] = {**(job.get("options") or {}), "mode": "interactive"}
+                self._dispatch(job)
+        self._settle(record, 0.0)  # a batch without answers is not billed
+        self._store.close(record.batch_id, "returned")
+        log.warning(
+            "batch ended without answers: its jobs go again",
+            extra={"batch": record.batch_id, "state": state, "to": self._fallback},
+        )
+
+    def _cost_usd(self, model: str, answer: ModelAnswer) -> float:
+        usage = answer.usage
+        cost = self._ports.prices.cost_usd(
+            model, usage.prompt_tokens, usage.output_tokens + usage.thoughts_tokens, batch=True
+        )
+        return cost or 0.0
+
+    def _settle(self, record: BatchRecord, spent_usd: float) -> None:
+        fresh = self._store.batch(record.batch_id)
+        if fresh is not None and fresh.budget_day is not None:
+            self._ports.budget.settle(Reservation(fresh.budget_day, fresh.budget_micro), spent_usd)
+
+    def _fail(
+        self, job: dict[str, Any], job_id: str, error: GvwError, tries: int, fingerprint: str
+    ) -> None:
+        publish_error(
+            self._ports,
+            job_id=job_id,
+            task=job.get("task"),
+            output=job.get("output"),
+            error=error,
+            attempts=tries,
+            job=job,
+            fingerprint=fingerprint,
+        )
+        self._store.forget_job(job_id)

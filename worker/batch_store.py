@@ -1,0 +1,291 @@
+"""Batch mode's state, in Redis: jobs waiting for a batch, and the batches the fleet runs.
+
+A job in batch mode (`options.mode: "batch"`) is prepared by a worker as usual; instead of
+calling Gemini, the worker keeps its request here and the job waits. The follower
+(`worker.batch_runner`, run by the self-rescheduling `vision.batch_tick` task) groups the
+waiting requests into Gemini batch jobs, follows them, and hands each answer back to its
+job. Every step is recorded before it is taken, so a follower, worker or Redis restart
+(with `appendonly yes`) resumes instead of losing a job or paying twice:
+
+    gvw:batch:pending:{model}   list of job ids waiting for a batch (oldest first)
+    gvw:batch:job:{job_id}      hash: job (JSON), request (the SDK's InlinedRequest as
+                                JSON), model, fingerprint, queued_at, tries, batch
+    gvw:batch:open              set of the fleet's batches not yet finished
+    gvw:batch:{batch_id}        hash: model, display_name, job_ids (JSON), state
+                                (assembled | submitted | delivered | returned), name
+                                (Gemini's, once known), created_at, submitted_at,
+                                ended_at, gemini_state, stats (JSON), source (inline |
+                                file)
+    gvw:batch:tick              a follower run is scheduled (expires)
+    gvw:batch:lock              the follower running now (one at a time)
+
+Jobs move from a pending list into a batch record in one Lua script: a crash leaves each
+job id in exactly one of them. Every key expires (`ttl_s`, days): nothing grows forever.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+_PREFIX = "gvw:batch:"
+
+# KEYS[1] = pending list, KEYS[2] = the new batch's hash, KEYS[3] = the open set
+# ARGV[1] = how many, ARGV[2] = batch id, ARGV[3] = model, ARGV[4] = display name,
+# ARGV[5] = now, ARGV[6] = ttl s, ARGV[7] = job key prefix
+# Returns the job ids taken (none: nothing was written).
+_TAKE_LUA = """
+local ids = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+if #ids == 0 then
+    return ids
+end
+redis.call('LTRIM', KEYS[1], #ids, -1)
+redis.call('HSET', KEYS[2], 'model', ARGV[3], 'display_name', ARGV[4],
+    'job_ids', cjson.encode(ids), 'state', 'assembled', 'created_at', ARGV[5])
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[6]))
+redis.call('SADD', KEYS[3], ARGV[2])
+for _, id in ipairs(ids) do
+    redis.call('HSET', ARGV[7] .. id, 'batch', ARGV[2])
+end
+return ids
+"""
+
+
+@dataclass(frozen=True)
+class WaitingJob:
+    job_id: str
+    job: dict[str, Any]
+    request: dict[str, Any]  # the SDK's InlinedRequest, as JSON
+    model: str
+    fingerprint: str
+    tries: int
+    queued_at: float
+    transports: list[str]
+    estimate_usd: float
+
+
+@dataclass
+class BatchRecord:
+    batch_id: str
+    model: str
+    display_name: str
+    job_ids: list[str]
+    state: str
+    created_at: float
+    name: str = ""
+    gemini_state: str = ""
+    submitted_at: float | None = None
+    ended_at: float | None = None
+    source: str = ""
+    stats: dict[str, Any] = field(default_factory=dict)
+    submit_started_at: float | None = None
+    # the day's budget reserved for it (worker.budget), settled when it is delivered
+    budget_day: int | None = None
+    budget_micro: int = 0
+
+
+class BatchStore:
+    def __init__(self, client: redis.Redis, *, ttl_s: int = 3 * 24 * 3600) -> None:
+        self._redis = client
+        self._ttl_s = ttl_s
+        self._take = client.register_script(_TAKE_LUA)
+
+    # --- jobs waiting ----------------------------------------------------------------
+
+    def add_job(
+        self,
+        job_id: str,
+        *,
+        job: dict[str, Any],
+        request: dict[str, Any],
+        model: str,
+        fingerprint: str,
+        transports: list[str],
+        estimate_usd: float,
+    ) -> bool:
+        """Keep a prepared job's request until a batch takes it. False when the job is
+        already waiting or in a batch (a redelivery): nothing is added twice."""
+        key = f"{_PREFIX}job:{job_id}"
+        if not self._redis.hsetnx(key, "model", model):
+            return False
+        pipe = self._redis.pipeline()
+        pipe.hset(
+            key,
+            mapping={
+                "job": json.dumps(job),
+                "request": json.dumps(request),
+                "fingerprint": fingerprint,
+                "queued_at": f"{time.time():.3f}",
+                "transports": json.dumps(transports),
+                "estimate_usd": f"{estimate_usd:.8f}",
+            },
+        )
+        pipe.hsetnx(key, "tries", 0)
+        pipe.expire(key, self._ttl_s)
+        pipe.rpush(f"{_PREFIX}pending:{model}", job_id)
+        pipe.expire(f"{_PREFIX}pending:{model}", self._ttl_s)
+        pipe.execute()
+        return True
+
+    def job(self, job_id: str) -> WaitingJob | None:
+        raw = self._redis.hgetall(f"{_PREFIX}job:{job_id}")
+        if not raw or b"request" not in raw:  # type: ignore[operator]
+            return None
+        data = {k.decode(): v.decode() for k, v in raw.items()}  # type: ignore[union-attr]
+        return WaitingJob(
+            job_id=job_id,
+            job=json.loads(data["job"]),
+            request=json.loads(data["request"]),
+            model=data["model"],
+            fingerprint=data.get("fingerprint", ""),
+            tries=int(data.get("tries", 0)),
+            queued_at=float(data.get("queued_at", 0)),
+            transports=list(json.loads(data.get("transports") or "[]")),
+            estimate_usd=float(data.get("estimate_usd") or 0),
+        )
+
+    def is_waiting(self, job_id: str) -> bool:
+        return bool(self._redis.exists(f"{_PREFIX}job:{job_id}"))
+
+    def forget_job(self, job_id: str) -> None:
+        self._redis.delete(f"{_PREFIX}job:{job_id}")
+
+    def requeue(self, job_id: str, model: str) -> None:
+        """Back to the end of the waiting list, its request kept (a failed try, or a
+        batch that ended without answers)."""
+        pipe = self._redis.pipeline()
+        pipe.hdel(f"{_PREFIX}job:{job_id}", "batch")
+        pipe.hset(f"{_PREFIX}job:{job_id}", "queued_at", f"{time.time():.3f}")
+        pipe.rpush(f"{_PREFIX}pending:{model}", job_id)
+        pipe.expire(f"{_PREFIX}pending:{model}", self._ttl_s)
+        pipe.execute()
+
+    def count_try(self, job_id: str) -> int:
+        """One more failed try of the job inside a batch; the total."""
+        return int(self._redis.hincrby(f"{_PREFIX}job:{job_id}", "tries", 1))
+
+    def pending_models(self) -> list[str]:
+        prefix = f"{_PREFIX}pending:"
+        return sorted(
+            key.decode().removeprefix(prefix)  # type: ignore[union-attr]
+            for key in self._redis.scan_iter(match=f"{prefix}*", count=100)
+        )
+
+    def pending_count(self, model: str) -> int:
+        return int(self._redis.llen(f"{_PREFIX}pending:{model}"))  # type: ignore[arg-type]
+
+    def oldest_pending_at(self, model: str) -> float | None:
+        first = self._redis.lindex(f"{_PREFIX}pending:{model}", 0)
+        if first is None:
+            return None
+        queued = self._redis.hget(f"{_PREFIX}job:{first.decode()}", "queued_at")  # type: ignore[union-attr]
+        return float(queued) if queued else 0.0
+
+    # --- batches ------------------------------------------------------------------------
+
+    def take(self, model: str, count: int) -> BatchRecord | None:
+        """Move up to `count` waiting jobs of `model` into a new batch record, atomically."""
+        batch_id = uuid.uuid4().hex[:16]
+        display_name = f"gvw-{batch_id}"
+        ids = self._take(
+            keys=[f"{_PREFIX}pending:{model}", f"{_PREFIX}{batch_id}", f"{_PREFIX}open"],
+            args=[
+                count,
+                batch_id,
+                model,
+                display_name,
+                f"{time.time():.3f}",
+                self._ttl_s,
+                f"{_PREFIX}job:",
+            ],
+        )
+        if not ids:
+            return None
+        return self.batch(batch_id)
+
+    def batch(self, batch_id: str) -> BatchRecord | None:
+        raw = self._redis.hgetall(f"{_PREFIX}{batch_id}")
+        if not raw:
+            return None
+        data = {k.decode(): v.decode() for k, v in raw.items()}  # type: ignore[union-attr]
+        return BatchRecord(
+            batch_id=batch_id,
+            model=data["model"],
+            display_name=data["display_name"],
+            job_ids=list(json.loads(data["job_ids"])),
+            state=data["state"],
+            created_at=float(data["created_at"]),
+            name=data.get("name", ""),
+            gemini_state=data.get("gemini_state", ""),
+            submitted_at=float(data["submitted_at"]) if data.get("submitted_at") else None,
+            ended_at=float(data["ended_at"]) if data.get("ended_at") else None,
+            source=data.get("source", ""),
+            stats=json.loads(data.get("stats") or "{}"),
+            submit_started_at=(
+                float(data["submit_started_at"]) if data.get("submit_started_at") else None
+            ),
+            budget_day=int(data["budget_day"]) if data.get("budget_day") else None,
+            budget_micro=int(data.get("budget_micro") or 0),
+        )
+
+    def update(self, batch_id: str, **values: Any) -> None:
+        encoded: dict[str | bytes, bytes | float | int | str] = {
+            key: json.dumps(value) if isinstance(value, dict | list) else str(value)
+            for key, value in values.items()
+        }
+        self._redis.hset(f"{_PREFIX}{batch_id}", mapping=encoded)
+
+    def close(self, batch_id: str, state: str) -> None:
+        """The batch is done with: its jobs are delivered or sent back."""
+        self.update(batch_id, state=state, ended_at=f"{time.time():.3f}")
+        self._redis.srem(f"{_PREFIX}open", batch_id)
+
+    def open_batches(self) -> list[str]:
+        return sorted(m.decode() for m in self._redis.smembers(f"{_PREFIX}open"))  # type: ignore[union-attr]
+
+    def all_batches(self) -> Iterator[BatchRecord]:
+        """Every batch record still kept (open or finished within the TTL), newest first."""
+        records = []
+        for key in self._redis.scan_iter(match=f"{_PREFIX}*", count=200):
+            batch_id = key.decode().removeprefix(_PREFIX)  # type: ignore[union-attr]
+            if ":" in batch_id or batch_id in ("open", "tick", "lock"):
+                continue
+            record = self.batch(batch_id)
+            if record is not None:
+                records.append(record)
+        yield from sorted(records, key=lambda r: r.created_at, reverse=True)
+
+    # --- the follower's schedule and lock ---------------------------------------------
+
+    def claim_tick(self, within_s: float) -> bool:
+        """True when no follower run is scheduled yet: the caller schedules one."""
+        return bool(self._redis.set(f"{_PREFIX}tick", "1", nx=True, px=int(within_s * 1000)))
+
+    def release_tick(self) -> None:
+        self._redis.delete(f"{_PREFIX}tick")
+
+    def lock(self, ttl_s: float) -> str | None:
+        token = uuid.uuid4().hex
+        if self._redis.set(f"{_PREFIX}lock", token, nx=True, px=int(ttl_s * 1000)):
+            return token
+        return None
+
+    def unlock(self, token: str) -> None:
+        if self._redis.get(f"{_PREFIX}lock") == token.encode():
+            self._redis.delete(f"{_PREFIX}lock")
+
+    def has_work(self) -> bool:
+        return bool(self.open_batches()) or any(
+            self.pending_count(m) for m in self.pending_models()
+        )
+
+
+def chunked(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
