@@ -119,7 +119,8 @@ def test_workers_killed_while_a_batch_is_pending_resume_it_without_paying_twice(
 def test_failed_requests_are_retried_and_an_expired_batch_sends_its_jobs_back(
     fleet: FleetFactory,
 ) -> None:
-    env = {**BATCH_ENV, "GVW_BATCH_FALLBACK": "interactive"}
+    # every batch as a JSONL file through the File API (the other tests send them inline)
+    env = {**BATCH_ENV, "GVW_BATCH_FALLBACK": "interactive", "GVW_BATCH_INLINE_MAX_BYTES": "0"}
     with fleet(workers=1, concurrency=2, extra_env=env) as stack:
         stack.emulator.configure(batch_done_after_s=0.5)
         stack.emulator.queue_fault("batch_request", count=1)  # the first request of a batch
@@ -152,6 +153,7 @@ def test_failed_requests_are_retried_and_an_expired_batch_sends_its_jobs_back(
         ]
         pending = [b for b in listed if b["state"] == "submitted"]
         assert len(pending) == 1 and pending[0]["jobs"] == 1, listed
+        assert {b["source"] for b in listed} == {"file"}
         cancel = gvw("batches", "cancel", pending[0]["batch_id"], env=stack.env)
         assert cancel.returncode == 0, cancel.stderr
         (after_cancel,) = assert_invariant(stack, [cancelled_job], timeout_s=120)
