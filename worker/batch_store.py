@@ -108,6 +108,7 @@ class BatchStore:
         fingerprint: str,
         transports: list[str],
         estimate_usd: float,
+        timings_ms: dict[str, float] | None = None,
     ) -> bool:
         """Keep a prepared job's request until a batch takes it. False when the job is
         already waiting or in a batch (a redelivery): nothing is added twice."""
@@ -128,6 +129,9 @@ class BatchStore:
         )
         pipe.hsetnx(key, "tries", 0)
         pipe.expire(key, self._ttl_s)
+        if timings_ms:
+            # the worker's time on the run that prepared it, for its result's timings
+            pipe.set(f"{_PREFIX}timings:{job_id}", json.dumps(timings_ms), ex=self._ttl_s)
         pipe.rpush(f"{_PREFIX}pending:{model}", job_id)
         pipe.expire(f"{_PREFIX}pending:{model}", self._ttl_s)
         pipe.execute()
@@ -149,6 +153,10 @@ class BatchStore:
             transports=list(json.loads(data.get("transports") or "[]")),
             estimate_usd=float(data.get("estimate_usd") or 0),
         )
+
+    def timings_ms(self, job_id: str) -> dict[str, float]:
+        raw = self._redis.get(f"{_PREFIX}timings:{job_id}")
+        return dict(json.loads(raw)) if raw else {}  # type: ignore[arg-type]
 
     def is_waiting(self, job_id: str) -> bool:
         return bool(self._redis.exists(f"{_PREFIX}job:{job_id}"))

@@ -12,9 +12,9 @@ import json
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from tasks.model_families import family_of, thinking_for
 from tasks.pricing import PriceTable, expected_output_tokens
@@ -49,6 +49,7 @@ class BulkSummary:
     listed: int = 0
     submitted: list[str] = field(default_factory=list)
     skipped_done: int = 0
+    skipped_queued: int = 0  # sent by an earlier run that did not finish: still queued
     succeeded: int = 0
     failed_by_code: Counter[str] = field(default_factory=Counter)
     pending: int = 0
@@ -57,6 +58,7 @@ class BulkSummary:
         out = [
             f"listed {self.listed}, submitted {len(self.submitted)}, "
             f"skipped as done {self.skipped_done}"
+            + (f", already queued {self.skipped_queued}" if self.skipped_queued else "")
         ]
         if self.succeeded or self.failed_by_code or self.pending:
             failed = sum(self.failed_by_code.values())
@@ -69,6 +71,41 @@ class BulkSummary:
         return out
 
 
+class SentLog(Protocol):
+    """Which job ids of a bulk run were sent already (`RedisSentLog`): a rerun after an
+    interruption skips them instead of queueing them twice."""
+
+    def seen(self, job_ids: Sequence[str]) -> list[bool]: ...
+    def add(self, job_ids: Sequence[str]) -> None: ...
+
+
+class RedisSentLog:
+    """One Redis set per bulk run (prefix, job template and results folder), kept for
+    `ttl_s`; one round trip per group of ids."""
+
+    def __init__(self, client: Any, run_key: str, *, ttl_s: int) -> None:
+        self._redis = client
+        self._key = f"gvw:bulk:sent:{run_key}"
+        self._ttl_s = ttl_s
+
+    def seen(self, job_ids: Sequence[str]) -> list[bool]:
+        if not job_ids:
+            return []
+        return [bool(v) for v in self._redis.smismember(self._key, list(job_ids))]
+
+    def add(self, job_ids: Sequence[str]) -> None:
+        if job_ids:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.sadd(self._key, *job_ids)
+            pipe.expire(self._key, self._ttl_s)
+            pipe.execute()
+
+
+def run_key(prefix: str, template: Mapping[str, Any]) -> str:
+    material = json.dumps({"prefix": prefix, "job": template}, sort_keys=True)
+    return hashlib.sha256(material.encode()).hexdigest()[:32]
+
+
 def enqueue_prefix(
     client: VisionClient,
     objects: Iterable[ObjectInfo],
@@ -76,20 +113,42 @@ def enqueue_prefix(
     *,
     suffixes: tuple[str, ...] = (),
     progress: Callable[[str, int], Progress] | None = None,
+    sent: SentLog | None = None,
+    group_size: int = 500,
 ) -> BulkSummary:
-    """Submit one job per object (filtered by suffix), skipping ids already done."""
+    """Submit one job per object (filtered by suffix), skipping what is done.
+
+    What is done comes from one listing of the results folder (a request per thousand
+    records), not a request per object; what an earlier, interrupted run already sent
+    from `sent`. Jobs go in pipelined groups of `group_size` (`VisionClient.submit_many`).
+    """
     chosen = [o for o in objects if not suffixes or o.uri.lower().endswith(suffixes)]
     summary = BulkSummary(listed=len(chosen))
+    done = client.committed(output=template.get("output"))
     bar = progress("enqueue", len(chosen)) if progress else None
+    group: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        ids = [str(job["job_id"]) for job in group]
+        already = sent.seen(ids) if sent is not None else [False] * len(ids)
+        fresh = [job for job, was in zip(group, already, strict=True) if not was]
+        summary.skipped_queued += len(group) - len(fresh)
+        summary.submitted.extend(client.submit_many(fresh))
+        if sent is not None:
+            sent.add([str(job["job_id"]) for job in fresh])
+        group.clear()
+
     for index, obj in enumerate(chosen, start=1):
         job_id = deterministic_job_id(obj.uri, obj.etag, template)
-        if client.finished(job_id, output=template.get("output")) is not None:
+        if job_id in done:
             summary.skipped_done += 1
         else:
-            client.submit({**template, "images": [obj.uri], "job_id": job_id})
-            summary.submitted.append(job_id)
-        if bar:
+            group.append({**template, "images": [obj.uri], "job_id": job_id})
+            if len(group) >= group_size:
+                flush()
+        if bar and (index % group_size == 0 or index == len(chosen)):
             bar.update(index)
+    flush()
     if bar:
         bar.close()
     return summary
@@ -103,32 +162,34 @@ def wait_all(
     timeout_s: float,
     progress: Callable[[str, int], Progress] | None = None,
 ) -> BulkSummary:
-    """Wait for every submitted job's record; fill in successes and failures by code."""
-    pending = list(summary.submitted)
+    """Wait for every submitted job's record, following progress by listing the results
+    folder (not by asking after each job); then read the error code of each failure."""
+    pending = set(summary.submitted)
     bar = progress("wait", len(pending)) if progress else None
     deadline = time.monotonic() + timeout_s
-    finished = 0
-    pause_s = 0.2
+    pause_s = 0.5
+    finished: dict[str, str] = {}
     while pending and time.monotonic() < deadline:
-        still: list[str] = []
-        for job_id in pending:
-            status = client.finished(job_id, output=output)
-            if status is None:
-                still.append(job_id)
-                continue
-            if status.state == "succeeded":
-                summary.succeeded += 1
-            else:
-                summary.failed_by_code[status.error_code or "unknown"] += 1
-            finished += 1
-        pending = still
+        started = time.monotonic()
+        committed = client.committed(output=output)
+        for job_id in [j for j in pending if j in committed]:
+            finished[job_id] = committed[job_id]
+            pending.discard(job_id)
         if bar:
-            bar.update(finished)
+            bar.update(len(finished))
         if pending:
-            time.sleep(pause_s)
-            pause_s = min(pause_s * 1.5, 2.0)
+            # a listing of a large folder takes a while: look less often than it takes
+            listing_s = time.monotonic() - started
+            time.sleep(min(max(pause_s, 5 * listing_s), max(0.0, deadline - time.monotonic())))
+            pause_s = min(pause_s * 1.5, 10.0)
     if bar:
         bar.close()
+    for job_id, state in finished.items():
+        if state == "succeeded":
+            summary.succeeded += 1
+            continue
+        status = client.finished(job_id, output=output)  # failures only: their codes
+        summary.failed_by_code[(status.error_code if status else None) or "unknown"] += 1
     summary.pending = len(pending)
     return summary
 

@@ -130,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bulk.add_argument("--wait", action="store_true", help="wait for every job and summarise")
     bulk.add_argument(
+        "--resubmit",
+        action="store_true",
+        help="send again what an earlier run sent and is not done (a lost queue): by "
+        "default a rerun skips it as already queued",
+    )
+    bulk.add_argument(
         "--dry-run",
         action="store_true",
         help="submit nothing: count the images and estimate their tokens and cost (from the "
@@ -376,7 +382,12 @@ def _cmd_enqueue_prefix(args: argparse.Namespace) -> int:
         return EXIT_OK
     client = VisionClient(settings=settings, stores=stores)
     summary = enqueue_prefix(
-        client, stores.list_objects(args.prefix), template, suffixes=suffixes, progress=Progress
+        client,
+        stores.list_objects(args.prefix),
+        template,
+        suffixes=suffixes,
+        progress=Progress,
+        sent=None if args.resubmit else _sent_log(settings, args.prefix, template),
     )
     if args.wait and summary.submitted:
         wait_all(
@@ -392,6 +403,24 @@ def _cmd_enqueue_prefix(args: argparse.Namespace) -> int:
         _fail(f"{sum(summary.failed_by_code.values())} failed, {summary.pending} pending")
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _sent_log(settings: Any, prefix: str, template: dict[str, Any]) -> Any:
+    """What earlier runs of this enqueue sent (in GVW_REDIS_URL), or None without Redis."""
+    import redis
+
+    from worker.bulk import RedisSentLog, run_key
+
+    client = redis.Redis.from_url(settings.gvw_redis_url, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError:
+        print(
+            "gvw: GVW_REDIS_URL unreachable: a rerun cannot tell what this one sent",
+            file=sys.stderr,
+        )
+        return None
+    return RedisSentLog(client, run_key(prefix, template), ttl_s=settings.gvw_job_id_ttl_s)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

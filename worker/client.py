@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from tasks.errors import GvwError
 from worker.jobs import new_job_id, parse_job
-from worker.layout import error_uri, result_uri
-from worker.producer import QUEUE, send_job
+from worker.layout import ERROR_NAME, RESULT_NAME, error_uri, result_uri
+from worker.producer import QUEUE, send_job, send_jobs
 from worker.records import ErrorRecord, ResultRecord, read_record
 from worker.settings import Settings, get_settings
 from worker.storage import StoreRouter
@@ -81,6 +82,36 @@ class VisionClient:
         if parsed.output is not None:
             _check_uri(parsed.output, "output", "output")
         return send_job(data, broker_url=self._broker_url)
+
+    def submit_many(self, jobs: Sequence[dict[str, Any]]) -> list[str]:
+        """Validate every job (as `submit` does), then send them together: pipelined in
+        groups on a Redis broker. Nothing is sent when one is invalid."""
+        ready = []
+        for job in jobs:
+            data = dict(job)
+            data.setdefault("job_id", new_job_id())
+            parsed = parse_job(data)
+            for index, uri in enumerate(parsed.images):
+                _check_uri(uri, "input", f"images.{index}")
+            if parsed.output is not None:
+                _check_uri(parsed.output, "output", "output")
+            ready.append(data)
+        send_jobs(ready, broker_url=self._broker_url)
+        return [str(job["job_id"]) for job in ready]
+
+    def committed(self, *, output: str | None = None) -> dict[str, str]:
+        """Every job with a record under the results base (`output`, else
+        GVW_RESULTS_URI), from one listing of it: job id -> "succeeded" or "failed".
+        A request per thousand keys, not one per job."""
+        base = (output or self._settings.gvw_results_uri).rstrip("/") + "/"
+        found: dict[str, str] = {}
+        for uri in self._stores.list_prefix(base):
+            job_id, _, name = uri[len(base) :].partition("/")
+            if name == RESULT_NAME:
+                found[job_id] = "succeeded"
+            elif name == ERROR_NAME:
+                found.setdefault(job_id, "failed")
+        return found
 
     def result(self, job_id: str, *, output: str | None = None) -> dict[str, Any] | None:
         """result.json, or error.json for a failed job, as stored; None while there is

@@ -307,6 +307,7 @@ def _run_locked(
                 fingerprint=fingerprint,
                 transports=[s.transport for s in sent],
                 estimate_usd=estimate * (1 - ports.prices.batch_discount),
+                timings_ms={k: round(v * 1000, 1) for k, v in timer.seconds.items()},
             )
         finally:
             if cache_key is not None and lookup.lead_token is not None:
@@ -367,7 +368,15 @@ def _run_locked(
                 *notes,
                 *parsed.warnings,
             ],
-            timings_ms={k: round(v * 1000, 1) for k, v in timer.seconds.items()},
+            timings_ms={
+                **{k: round(v * 1000, 1) for k, v in timer.seconds.items()},
+                # a batch answer: the run that prepared the request, before the batch
+                **(
+                    {f"batch_{k}": v for k, v in ports.batches.timings_ms(job.job_id).items()}
+                    if answer.batch and ports.batches is not None
+                    else {}
+                ),
+            },
             attempt=attempt,
             attempt_id=attempt_id,
             finish_reason=answer.finish_reason,

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import uuid
 
 import pytest
 from PIL import Image
 
-from tests.harness import Stack
+from tests.harness import Stack, list_job_keys
 from tests.integration.test_cli import gvw
+from worker.bulk import deterministic_job_id
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +99,6 @@ def test_a_dry_run_counts_and_prices_a_prefix_without_submitting(stack: Stack) -
         Image.new("RGB", (960, 540), (index, 90, 200)).save(buffer, format="JPEG")
         stack.put(f"{prefix}/{index:03d}.jpg", buffer.getvalue())
     stack.put(f"{prefix}/readme.txt", b"not an image")
-    calls_before, queued_before = stack.model_calls(), stack.redis.client().llen("vision")
 
     dry = gvw(
         "enqueue-prefix",
@@ -123,7 +124,64 @@ def test_a_dry_run_counts_and_prices_a_prefix_without_submitting(stack: Stack) -
     interactive, batch = float(cost.group(1)), float(cost.group(2))
     assert interactive == pytest.approx(0.0303, abs=0.001)
     assert batch == pytest.approx(interactive / 2, abs=0.0001)
-    assert (stack.model_calls(), stack.redis.client().llen("vision")) == (
-        calls_before,
-        queued_before,
+    # nothing of this prefix was sent: no message names it, queued or taken, and none of
+    # the jobs a real run would send has a record
+    broker = stack.redis.client()
+    messages = broker.lrange("vision", 0, -1) + list(broker.hvals("unacked"))
+    assert not [m for m in messages if prefix.encode() in m]
+    template = {"task": "caption", "options": {"thinking_budget": 0, "max_output_tokens": 200}}
+    for index in range(30):
+        key = f"{prefix}/{index:03d}.jpg"
+        etag = stack.s3.head_object(Bucket="inbox", Key=key)["ETag"]
+        job_id = deterministic_job_id(f"s3://inbox/{key}", etag, template)
+        assert not list_job_keys(stack.s3, job_id), job_id
+
+
+def test_a_rerun_after_an_interruption_sends_only_what_is_missing(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.bulk import RedisSentLog, enqueue_prefix, run_key
+    from worker.client import VisionClient
+    from worker.settings import Settings
+    from worker.storage import StoreRouter
+
+    prefix = f"resume-{uuid.uuid4().hex[:8]}"
+    for index in range(120):
+        stack.put(f"{prefix}/{index:03d}.png", tiny_png(index))
+    # a broker database no worker reads: what the runs send stays there to be counted
+    settings = Settings(
+        celery_broker_url=f"{stack.redis.url}/7",
+        gvw_redis_url=f"{stack.redis.url}/1",
+        gvw_results_uri="s3://results/vision",
     )
+    stores = StoreRouter()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", stack.env["AWS_ENDPOINT_URL_S3"])
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        monkeypatch.setenv(name, stack.env[name])
+    template = {"task": "caption"}
+    uri_prefix = f"s3://inbox/{prefix}/"
+    sent = RedisSentLog(stack.redis.client(db=1), run_key(uri_prefix, template), ttl_s=3600)
+    client = VisionClient(settings=settings, stores=stores)
+    real_submit_many = client.submit_many
+    groups = []
+
+    def dies_after_one_group(jobs: list[dict[str, object]]) -> list[str]:
+        if groups:
+            raise KeyboardInterrupt  # Ctrl-C during the second group
+        groups.append(len(jobs))
+        return real_submit_many(jobs)
+
+    monkeypatch.setattr(client, "submit_many", dies_after_one_group)
+    with pytest.raises(KeyboardInterrupt):
+        enqueue_prefix(client, stores.list_objects(uri_prefix), template, sent=sent, group_size=50)
+    monkeypatch.setattr(client, "submit_many", real_submit_many)
+    again = enqueue_prefix(
+        client, stores.list_objects(uri_prefix), template, sent=sent, group_size=50
+    )
+
+    assert groups == [50]
+    assert (again.listed, len(again.submitted), again.skipped_queued) == (120, 70, 50)
+    broker = stack.redis.client(db=7)
+    queued = [json.loads(m)["headers"]["id"] for m in broker.lrange("vision", 0, -1)]
+    assert len(queued) == len(set(queued)) == 120  # every object once, none twice
+    broker.delete("vision")
