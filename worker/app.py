@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from typing import Any
+from typing import Any, ClassVar
 
 import redis
-from celery import Celery, Task, signals
+from celery import Celery, Task, bootsteps, signals
 from celery.concurrency import get_implementation
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from kombu.exceptions import OperationalError
 
 from tasks import registry
 from tasks.errors import (
@@ -96,8 +97,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         # every incoming message's shape is checked before Celery reads it: a malformed
-        # one is refused and recorded, never a crash of the worker (worker.message_guard)
-        "worker_consumer": "worker.message_guard:GuardedConsumer",
+        # one is refused and recorded, never a crash of the worker (worker.message_guard);
+        # a broker outage is never a crash either (worker.consumer)
+        "worker_consumer": "worker.consumer:WorkerConsumer",
     }
 
 
@@ -433,6 +435,43 @@ def _resume_batches(**_: Any) -> None:
             schedule_batch_run()
     except (redis.RedisError, GvwError):
         log.warning("could not look for pending batches at start", exc_info=True)
+
+
+def _watch_batches() -> None:
+    """Start the follower again if its chain of runs broke. A run schedules the next one
+    through the broker; when Redis goes down at that moment (or the message waits in a
+    dead worker's unacked set for the visibility timeout), no run is scheduled, the
+    claim expires (3 polls), and this sends a new one. A scheduled run is left alone."""
+    try:
+        ports = runtime.get_ports()
+        if ports.batches is not None and ports.batches.has_work():
+            schedule_batch_run()
+    except (redis.RedisError, GvwError, OperationalError):  # the broker's own, from kombu
+        log.warning("could not look for pending batches", exc_info=True)
+
+
+class BatchWatch(bootsteps.StartStopStep):  # type: ignore[misc]
+    """A consumer step: `_watch_batches` at every (re)connection to the broker and every
+    three GVW_BATCH_POLL_S after, in the consumer's own timer (one per worker)."""
+
+    requires: ClassVar[set[str]] = {"celery.worker.consumer.tasks:Tasks"}
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.timer_entry: Any = None
+
+    def start(self, parent: Any) -> None:
+        _watch_batches()
+        interval_s = runtime.settings().gvw_batch_poll_s * 3
+        self.timer_entry = parent.timer.call_repeatedly(interval_s, _watch_batches)
+
+    def stop(self, parent: Any) -> None:
+        if self.timer_entry is not None:
+            self.timer_entry.cancel()
+            self.timer_entry = None
+
+
+app.steps["consumer"].add(BatchWatch)
 
 
 def _task_label(task: str | None) -> str:

@@ -161,6 +161,15 @@ class BatchStore:
     def is_waiting(self, job_id: str) -> bool:
         return bool(self._redis.exists(f"{_PREFIX}job:{job_id}"))
 
+    def waiting_in(self, job_id: str) -> str | None:
+        """Where a job in batch mode waits: its batch's id, "" while it waits for one to
+        be assembled, None when it is not waiting (never batched, or answered)."""
+        raw = self._redis.hmget(f"{_PREFIX}job:{job_id}", ["request", "batch"])
+        request, batch = raw  # type: ignore[misc]
+        if request is None:
+            return None
+        return batch.decode() if batch else ""
+
     def forget_job(self, job_id: str) -> None:
         self._redis.delete(f"{_PREFIX}job:{job_id}")
 

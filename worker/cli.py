@@ -440,6 +440,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         info["uri"] = state.uri
     if state.error_code:
         info["error"] = state.error_code
+    if state.batch:
+        info["batch"] = state.batch
     if args.json:
         print(json.dumps(info))
     else:

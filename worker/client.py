@@ -29,9 +29,10 @@ from worker.storage import StoreRouter
 from worker.storage.uris import Role, parse_uri
 
 # succeeded / failed: its record exists; queued: waiting on the broker; running: taken by
-# a worker (or waiting out a retry countdown there); unknown: none of these (never sent,
+# a worker (or waiting out a retry countdown there); batched: prepared in batch mode and
+# waiting for its Gemini batch (GVW_REDIS_URL); unknown: none of these (never sent,
 # already gone from a queue that is not Redis, or an id typed wrong)
-State = Literal["succeeded", "failed", "queued", "running", "unknown"]
+State = Literal["succeeded", "failed", "queued", "running", "batched", "unknown"]
 # queue entries scanned for a job id before answering "unknown" (each is one LRANGE
 # of 1,000 messages): a bound on what `status` costs a very long queue
 _QUEUE_SCAN_MAX = 200_000
@@ -45,6 +46,7 @@ class JobStatus:
     state: State
     uri: str | None = None  # result.json or error.json, once there is one
     error_code: str | None = None
+    batch: str | None = None  # batched: the fleet's batch id ("" until one is assembled)
 
     @property
     def done(self) -> bool:
@@ -138,9 +140,32 @@ class VisionClient:
 
     def status(self, job_id: str, *, output: str | None = None) -> JobStatus:
         """Succeeded or failed (from its record), else queued or running (from the broker,
-        Redis), else unknown."""
+        Redis), else batched (waiting for its Gemini batch), else unknown."""
         finished = self.finished(job_id, output=output)
-        return finished or JobStatus(job_id, self._queue_state(job_id))
+        if finished is not None:
+            return finished
+        state = self._queue_state(job_id)
+        if state == "unknown":
+            batch = self._batch_of(job_id)
+            if batch is not None:
+                return JobStatus(job_id, "batched", batch=batch)
+        return JobStatus(job_id, state)
+
+    def _batch_of(self, job_id: str) -> str | None:
+        """The batch a job in batch mode waits in, from the fleet's batch records
+        (GVW_REDIS_URL); None when it waits for none, or that Redis is not reachable
+        (status then says unknown, as it would without batch mode)."""
+        import redis
+
+        from worker.batch_store import BatchStore
+
+        try:
+            client = redis.Redis.from_url(
+                self._settings.gvw_redis_url, socket_connect_timeout=3, socket_timeout=10
+            )
+            return BatchStore(client).waiting_in(job_id)
+        except redis.RedisError:
+            return None
 
     def finished(self, job_id: str, *, output: str | None = None) -> JobStatus | None:
         """The final state from storage alone (no broker round trip), or None."""

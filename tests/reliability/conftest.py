@@ -49,10 +49,16 @@ def fleet(tmp_path: Path) -> FleetFactory:
         concurrency: int = 2,
         pool: str = "threads",
         extra_env: Mapping[str, str] | None = None,
+        redis_appendonly: bool = False,
     ) -> Iterator[Stack]:
         env = {**FAST_ENV, **(extra_env or {})}
         with running_stack(
-            tmp_path, workers=workers, concurrency=concurrency, extra_env=env, pool=pool
+            tmp_path,
+            workers=workers,
+            concurrency=concurrency,
+            extra_env=env,
+            pool=pool,
+            redis_appendonly=redis_appendonly,
         ) as stack:
             yield stack
 

@@ -116,6 +116,42 @@ def test_workers_killed_while_a_batch_is_pending_resume_it_without_paying_twice(
     assert (created, batch_calls, generate_calls) == (1, 6, 0)
 
 
+def test_redis_killed_while_a_batch_is_pending_loses_nothing_and_pays_once(
+    fleet: FleetFactory,
+) -> None:
+    # `appendonly yes` as in production: the restarted Redis has the waiting requests, the
+    # batch's record and the follower's schedule the killed one had acknowledged. A
+    # follower run lost in the outage would come back after the visibility timeout; the
+    # workers start a new one long before that.
+    env = {**BATCH_ENV, "GVW_VISIBILITY_TIMEOUT_S": "300"}
+    with fleet(workers=2, concurrency=2, extra_env=env, redis_appendonly=True) as stack:
+        stack.emulator.configure(batch_done_after_s=3600)  # pending until the test says
+        uris = put_scenes(stack, f"redis-{uuid.uuid4().hex[:8]}", 4)
+        job_ids = [
+            stack.submit({"task": "caption", "images": [uri], "options": {"mode": "batch"}})
+            for uri in uris
+        ]
+        wait_until(
+            lambda: batch_stats(stack)[0] == 1 and _open_batches(stack) == 1,
+            timeout_s=60,
+            what="the batch to be submitted",
+        )
+        # an operator asking about a job in a pending batch is told where it is
+        status = gvw("status", job_ids[0], "--json", env=stack.env)
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["status"] == "batched", status.stdout
+
+        stack.redis.restart(down_s=1)  # SIGKILL while the follower polls the batch
+        stack.emulator.configure(batch_done_after_s=0)  # then the batch finishes
+        records = assert_invariant(stack, job_ids, timeout_s=60)
+        created, batch_calls, generate_calls = batch_stats(stack)
+        alive = all(w.proc.poll() is None for w in stack.workers)
+
+    assert all(r["status"] == "succeeded" and r["mode"] == "batch" for r in records), records
+    assert (created, batch_calls, generate_calls) == (1, 4, 0)
+    assert alive
+
+
 def test_failed_requests_are_retried_and_an_expired_batch_sends_its_jobs_back(
     fleet: FleetFactory,
 ) -> None:
