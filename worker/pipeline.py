@@ -442,8 +442,9 @@ def _answer(
             "reusing the answer of an identical request",
             extra={"job_id": job.job_id, "answered_for": reused.job_id},
         )
-        # nothing was sent and nothing was spent
-        answer = replace(reused.answer, usage=TokenUsage())
+        # nothing was sent and nothing was spent; the job's mode is its own, whichever
+        # way the answer it reuses was bought
+        answer = replace(reused.answer, usage=TokenUsage(), batch=job.options.mode == "batch")
         transports = [REUSED_TRANSPORT] * len(facts)
     else:
         assert images is not None
@@ -463,9 +464,10 @@ def _answer(
             if reused is not None and cache_key is not None:
                 ports.answer_cache.forget(cache_key)  # and not from the cache again
             raise
-    if cache_key is not None and reused is None and paid is None:
+    if cache_key is not None and reused is None:
         # read successfully: identical requests from now on reuse it (a fresh answer
-        # replaces the one before it)
+        # replaces the one before it). A paid answer counts too: a batch's answers reach
+        # their jobs this way, and a redelivery may publish what a dead worker bought.
         ports.answer_cache.put(cache_key, answer, job_id=job.job_id, replace=job.options.fresh)
         ANSWER_CACHE.labels("stored").inc()
     return answer, transports, replace(parsed, output=output, warnings=warnings)

@@ -44,10 +44,11 @@ def batch_requests_sent(stack: Stack) -> int:
 def test_a_prefix_backfilled_with_batch_is_answered_once_at_the_batch_price(
     fleet: FleetFactory,
 ) -> None:
-    with fleet(workers=2, concurrency=2, extra_env=BATCH_ENV) as stack:
+    env = {**BATCH_ENV, "GVW_ANSWER_CACHE_TTL_S": "3600"}
+    with fleet(workers=2, concurrency=2, extra_env=env) as stack:
         stack.emulator.configure(batch_done_after_s=1.0)
         prefix = f"backfill-{uuid.uuid4().hex[:8]}"
-        put_scenes(stack, prefix, 12)
+        uris = put_scenes(stack, prefix, 12)
         done = gvw(
             "enqueue-prefix",
             f"s3://inbox/{prefix}/",
@@ -71,6 +72,10 @@ def test_a_prefix_backfilled_with_batch_is_answered_once_at_the_batch_price(
             "enqueue-prefix", f"s3://inbox/{prefix}/", "--task", "caption",
             env=stack.env, timeout_s=120,
         )  # fmt: skip
+        # a batch's answer is paid once too: the same request later, interactive and
+        # under another job id, reuses it from the answer cache
+        again = stack.record(stack.submit({"task": "caption", "images": [uris[0]]}))
+        calls_after = batch_stats(stack)
 
     assert (batch_calls, generate_calls) == (12, 0)  # every answer bought once, in a batch
     assert 1 <= created <= 3
@@ -84,6 +89,9 @@ def test_a_prefix_backfilled_with_batch_is_answered_once_at_the_batch_price(
         assert abs(record["usage"]["cost_usd"] - full / 2) < 1e-7, usage
     # the same prefix without --batch is the same jobs: nothing to do
     assert "submitted 0, skipped as done 12" in rerun.stdout
+    assert again["status"] == "succeeded" and again["mode"] == "interactive", again
+    assert again["answer_reused_from"]["job_id"] in {r["job_id"] for r in ours}
+    assert again["usage"]["cost_usd"] == 0 and calls_after[1:] == (12, 0)
 
 
 def test_workers_killed_while_a_batch_is_pending_resume_it_without_paying_twice(
