@@ -16,6 +16,8 @@ job. Every step is recorded before it is taken, so a follower, worker or Redis r
                                 (Gemini's, once known), created_at, submitted_at,
                                 ended_at, gemini_state, stats (JSON), source (inline |
                                 file)
+    gvw:batch:timings:{job_id}  the preparing run's stage timings (JSON)
+    gvw:batch:images:{job_id}   the job's images as its request described them (JSON)
     gvw:batch:tick              a follower run is scheduled (expires)
     gvw:batch:lock              the follower running now (one at a time)
 
@@ -109,6 +111,7 @@ class BatchStore:
         transports: list[str],
         estimate_usd: float,
         timings_ms: dict[str, float] | None = None,
+        images: list[dict[str, Any]] | None = None,
     ) -> bool:
         """Keep a prepared job's request until a batch takes it. False when the job is
         already waiting or in a batch (a redelivery): nothing is added twice."""
@@ -132,6 +135,10 @@ class BatchStore:
         if timings_ms:
             # the worker's time on the run that prepared it, for its result's timings
             pipe.set(f"{_PREFIX}timings:{job_id}", json.dumps(timings_ms), ex=self._ttl_s)
+        if images:
+            # the images as the request described them, for its result's `images`: the
+            # run that publishes the answer need not fetch them again
+            pipe.set(f"{_PREFIX}images:{job_id}", json.dumps(images), ex=self._ttl_s)
         pipe.rpush(f"{_PREFIX}pending:{model}", job_id)
         pipe.expire(f"{_PREFIX}pending:{model}", self._ttl_s)
         pipe.execute()
@@ -157,6 +164,10 @@ class BatchStore:
     def timings_ms(self, job_id: str) -> dict[str, float]:
         raw = self._redis.get(f"{_PREFIX}timings:{job_id}")
         return dict(json.loads(raw)) if raw else {}  # type: ignore[arg-type]
+
+    def images(self, job_id: str) -> list[dict[str, Any]] | None:
+        raw = self._redis.get(f"{_PREFIX}images:{job_id}")
+        return list(json.loads(raw)) if raw else None  # type: ignore[arg-type]
 
     def is_waiting(self, job_id: str) -> bool:
         return bool(self._redis.exists(f"{_PREFIX}job:{job_id}"))

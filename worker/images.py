@@ -36,7 +36,7 @@ import io
 import math
 import threading
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Final
 
 import numpy as np
@@ -172,6 +172,21 @@ class ImageFacts:
     @property
     def size(self) -> ImageSize:
         return ImageSize(self.width_px, self.height_px)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ImageFacts:
+        """What `to_json` wrote (TypeError, KeyError or ValueError on anything else)."""
+        width, height = data["sent_width_height_px"]
+        return cls(
+            **{
+                **data,
+                "sent_width_height_px": (int(width), int(height)),
+                "decoder_warnings": tuple(str(w) for w in data["decoder_warnings"]),
+            }
+        )
 
     def record(self, transport: str) -> ImageRecord:
         """The entry of result.json's `images`."""

@@ -160,6 +160,19 @@ def run(
             ports.deliveries.clear(job.job_id, 0)
 
 
+def _batch_images(ports: Ports, job_id: str, count: int) -> list[ImageFacts] | None:
+    """The images a batch request described (`BatchStore.add_job`), or None: the job's
+    images are then fetched again."""
+    stored = ports.batches.images(job_id) if ports.batches is not None else None
+    if stored is None or len(stored) != count:
+        return None
+    try:
+        return [ImageFacts.from_json(item) for item in stored]
+    except (TypeError, KeyError, ValueError):
+        log.warning("unreadable batch image records; fetching the images", exc_info=True)
+        return None
+
+
 def check_model_allowed(model: str | None, settings: Settings) -> None:
     allowed = settings.allowed_models
     if model is not None and allowed and model not in allowed:
@@ -231,11 +244,19 @@ def _run_locked(
         )
     # One image at a time: fetched, checked against the job's pixel budget before it is
     # decoded, prepared, and handed to the request (which keeps only what it sends).
-    facts: list[ImageFacts] = []
+    # A batch's answer is published with the images as its request described them: not
+    # fetched again (unless an overlay needs the pixels), and the record describes what
+    # was sent, even if an object changed in the hours the batch took.
+    described = (
+        _batch_images(ports, job.job_id, len(input_uris))
+        if paid is not None and job.options.mode == "batch" and not keeps_pixels
+        else None
+    )
+    facts: list[ImageFacts] = list(described or [])
     first: PreparedImage | None = None
     pixels_left = settings.gvw_max_job_pixels
     by_url = settings.gvw_transport == "url"
-    for index, uri in enumerate(input_uris):
+    for index, uri in enumerate(input_uris if described is None else []):
         # GVW_TRANSPORT=url: what Gemini can take as stored goes as a URL, read by the
         # worker only as far as its header (the overlay's image needs its pixels)
         remote = None
@@ -308,6 +329,7 @@ def _run_locked(
                 transports=[s.transport for s in sent],
                 estimate_usd=estimate * (1 - ports.prices.batch_discount),
                 timings_ms={k: round(v * 1000, 1) for k, v in timer.seconds.items()},
+                images=[f.to_json() for f in facts],
             )
         finally:
             if cache_key is not None and lookup.lead_token is not None:

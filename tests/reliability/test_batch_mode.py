@@ -4,6 +4,7 @@ uses (its time to completion and its failures set by each test)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import uuid
@@ -113,6 +114,10 @@ def test_workers_killed_while_a_batch_is_pending_resume_it_without_paying_twice(
             worker.proc.send_signal(signal.SIGKILL)
         for worker in stack.workers:
             worker.proc.wait(timeout=30)
+        # an object replaced while its batch is pending: the answer is about what was sent
+        sent = stack.s3.get_object(Bucket="inbox", Key=uris[0].removeprefix("s3://inbox/"))
+        sent_sha256 = hashlib.sha256(sent["Body"].read()).hexdigest()
+        stack.put(uris[0].removeprefix("s3://inbox/"), make_scene(200, 100, seed=99).png_bytes())
         stack.emulator.configure(batch_done_after_s=0)  # the batch finishes while none runs
         stack.workers[:] = [
             start_worker(stack.env, tmp_path, name=f"again{n}", concurrency=2) for n in range(2)
@@ -122,6 +127,9 @@ def test_workers_killed_while_a_batch_is_pending_resume_it_without_paying_twice(
 
     assert all(r["status"] == "succeeded" and r["mode"] == "batch" for r in records), records
     assert (created, batch_calls, generate_calls) == (1, 6, 0)
+    # the result describes the image the batch request sent, not the object as it is now
+    assert records[0]["images"][0]["sha256"] == sent_sha256
+    assert records[0]["images"][0]["width"] == 320
 
 
 def test_redis_killed_while_a_batch_is_pending_loses_nothing_and_pays_once(

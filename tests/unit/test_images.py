@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import struct
 import subprocess
@@ -21,7 +22,13 @@ import pytest
 from PIL import Image, ImageCms, ImageFile
 
 from tasks.errors import InvalidImage, TooLarge
-from worker.images import DEFAULT_MAX_PIXELS, prepare_image, read_header, sniff_image_format
+from worker.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageFacts,
+    prepare_image,
+    read_header,
+    sniff_image_format,
+)
 
 # ---------------------------------------------------------------- helpers
 
@@ -635,3 +642,14 @@ def test_a_header_cut_short_or_another_type_settles_nothing() -> None:
 def test_a_header_past_the_pixel_cap_is_too_large() -> None:
     with pytest.raises(TooLarge):
         read_header(_jpeg((400, 300)), max_pixels=100_000)
+
+
+def test_image_facts_survive_json_for_a_batch_and_refuse_anything_else() -> None:
+    # batch mode keeps a job's image facts in Redis (as JSON) until its answer arrives
+    image = prepare_image(encode(marked_image(), "PNG"))
+    facts = image.facts("s3://inbox/a.png")
+    assert ImageFacts.from_json(json.loads(json.dumps(facts.to_json()))) == facts
+    with pytest.raises((TypeError, KeyError, ValueError)):
+        ImageFacts.from_json({"uri": "s3://inbox/a.png"})
+    with pytest.raises((TypeError, KeyError, ValueError)):
+        ImageFacts.from_json({**facts.to_json(), "colour": "red"})
