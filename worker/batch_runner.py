@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tasks.errors import BudgetExhausted, GvwError, ModelOutputInvalid
-from worker.batch_store import BatchRecord, BatchStore
+from worker.batch_store import Batches, BatchRecord
 from worker.budget import Reservation
 from worker.failures import publish_error
 from worker.gemini.records import ModelAnswer
@@ -42,7 +42,7 @@ Dispatch = Callable[[dict[str, Any]], None]
 
 class BatchRunner:
     def __init__(
-        self, ports: Ports, store: BatchStore, dispatch: Dispatch, policy: RetryPolicy
+        self, ports: Ports, store: Batches, dispatch: Dispatch, policy: RetryPolicy
     ) -> None:
         self._ports = ports
         self._store = store

@@ -28,10 +28,11 @@ job id in exactly one of them. Every key expires (`ttl_s`, days): nothing grows 
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis
@@ -317,3 +318,202 @@ class BatchStore:
 def chunked(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+class LocalBatchStore:
+    """`BatchStore` in this process's memory, for the local adapters (`gvw demo`, the fast
+    pipeline tests): one process holds the whole fleet, so a lock stands in for Redis's
+    atomic steps. Nothing expires: a local run is short."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._jobs: dict[str, dict[str, Any]] = {}
+        self._pending: dict[str, list[str]] = {}
+        self._batches: dict[str, BatchRecord] = {}
+        self._open: set[str] = set()
+        self._timings: dict[str, dict[str, float]] = {}
+        self._images: dict[str, list[dict[str, Any]]] = {}
+        self._tick_until = 0.0
+        self._lock_token: str | None = None
+
+    def add_job(
+        self,
+        job_id: str,
+        *,
+        job: dict[str, Any],
+        request: dict[str, Any],
+        model: str,
+        fingerprint: str,
+        transports: list[str],
+        estimate_usd: float,
+        timings_ms: dict[str, float] | None = None,
+        images: list[dict[str, Any]] | None = None,
+    ) -> bool:
+        with self._guard:
+            if job_id in self._jobs:
+                return False
+            self._jobs[job_id] = {
+                "waiting": WaitingJob(
+                    job_id=job_id,
+                    job=json.loads(json.dumps(job)),
+                    request=json.loads(json.dumps(request)),
+                    model=model,
+                    fingerprint=fingerprint,
+                    tries=0,
+                    queued_at=time.time(),
+                    transports=list(transports),
+                    estimate_usd=estimate_usd,
+                ),
+                "batch": None,
+            }
+            if timings_ms:
+                self._timings[job_id] = dict(timings_ms)
+            if images:
+                self._images[job_id] = list(images)
+            self._pending.setdefault(model, []).append(job_id)
+            return True
+
+    def job(self, job_id: str) -> WaitingJob | None:
+        with self._guard:
+            entry = self._jobs.get(job_id)
+            return entry["waiting"] if entry is not None else None  # type: ignore[no-any-return]
+
+    def timings_ms(self, job_id: str) -> dict[str, float]:
+        return dict(self._timings.get(job_id, {}))
+
+    def images(self, job_id: str) -> list[dict[str, Any]] | None:
+        return self._images.get(job_id)
+
+    def is_waiting(self, job_id: str) -> bool:
+        return job_id in self._jobs
+
+    def waiting_in(self, job_id: str) -> str | None:
+        with self._guard:
+            entry = self._jobs.get(job_id)
+            return None if entry is None else (entry["batch"] or "")
+
+    def forget_job(self, job_id: str) -> None:
+        with self._guard:
+            self._jobs.pop(job_id, None)
+
+    def requeue(self, job_id: str, model: str) -> None:
+        with self._guard:
+            entry = self._jobs.get(job_id)
+            if entry is None:
+                return
+            entry["batch"] = None
+            entry["waiting"] = replace(entry["waiting"], queued_at=time.time())
+            self._pending.setdefault(model, []).append(job_id)
+
+    def count_try(self, job_id: str) -> int:
+        with self._guard:
+            entry = self._jobs[job_id]
+            entry["waiting"] = replace(entry["waiting"], tries=entry["waiting"].tries + 1)
+            return int(entry["waiting"].tries)
+
+    def pending_models(self) -> list[str]:
+        with self._guard:
+            return sorted(model for model, ids in self._pending.items() if ids)
+
+    def pending_count(self, model: str) -> int:
+        return len(self._pending.get(model, []))
+
+    def oldest_pending_at(self, model: str) -> float | None:
+        with self._guard:
+            ids = self._pending.get(model) or []
+            if not ids:
+                return None
+            entry = self._jobs.get(ids[0])
+            return float(entry["waiting"].queued_at) if entry is not None else 0.0
+
+    def take(self, model: str, count: int) -> BatchRecord | None:
+        with self._guard:
+            ids = self._pending.get(model, [])[:count]
+            if not ids:
+                return None
+            del self._pending[model][: len(ids)]
+            batch_id = uuid.uuid4().hex[:16]
+            self._batches[batch_id] = BatchRecord(
+                batch_id=batch_id,
+                model=model,
+                display_name=f"gvw-{batch_id}",
+                job_ids=list(ids),
+                state="assembled",
+                created_at=time.time(),
+            )
+            self._open.add(batch_id)
+            for job_id in ids:
+                if job_id in self._jobs:
+                    self._jobs[job_id]["batch"] = batch_id
+        return self.batch(batch_id)
+
+    def batch(self, batch_id: str) -> BatchRecord | None:
+        with self._guard:
+            record = self._batches.get(batch_id)
+            # a copy, as Redis would hand back: the caller's changes go through `update`
+            return replace(record, job_ids=list(record.job_ids)) if record else None
+
+    def update(self, batch_id: str, **values: Any) -> None:
+        with self._guard:
+            record = self._batches[batch_id]
+            for key, value in values.items():
+                setattr(record, key, _typed(key, value))
+
+    def close(self, batch_id: str, state: str) -> None:
+        self.update(batch_id, state=state, ended_at=time.time())
+        with self._guard:
+            self._open.discard(batch_id)
+
+    def open_batches(self) -> list[str]:
+        with self._guard:
+            return sorted(self._open)
+
+    def all_batches(self) -> Iterator[BatchRecord]:
+        with self._guard:
+            records = sorted(self._batches.values(), key=lambda r: r.created_at, reverse=True)
+        yield from (replace(r) for r in records)
+
+    def claim_tick(self, within_s: float) -> bool:
+        with self._guard:
+            now = time.monotonic()
+            if now < self._tick_until:
+                return False
+            self._tick_until = now + within_s
+            return True
+
+    def release_tick(self) -> None:
+        self._tick_until = 0.0
+
+    def lock(self, ttl_s: float) -> str | None:
+        # one process: a run that dies takes the process with it, so no expiry is needed
+        with self._guard:
+            if self._lock_token is not None:
+                return None
+            self._lock_token = uuid.uuid4().hex
+            return self._lock_token
+
+    def unlock(self, token: str) -> None:
+        with self._guard:
+            if self._lock_token == token:
+                self._lock_token = None
+
+    def has_work(self) -> bool:
+        return bool(self.open_batches()) or any(
+            self.pending_count(m) for m in self.pending_models()
+        )
+
+
+def _typed(key: str, value: Any) -> Any:
+    """A value given to `update` as the Redis store would read it back."""
+    field_type = BatchRecord.__dataclass_fields__[key].type
+    if value is None or isinstance(value, dict | list):
+        return value
+    if "float" in str(field_type):
+        return float(value)
+    if "int" in str(field_type):
+        return int(value)
+    return str(value)
+
+
+# what the pipeline and the follower are given: the fleet's (Redis) or a local run's
+Batches = BatchStore | LocalBatchStore

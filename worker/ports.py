@@ -15,7 +15,7 @@ from typing import Protocol
 from tasks.pricing import PriceTable
 from worker.answer_cache import AnswerCache
 from worker.answer_store import AnswerStore
-from worker.batch_store import BatchStore
+from worker.batch_store import Batches
 from worker.budget import Budget
 from worker.deliveries import Deliveries
 from worker.gemini.file_cache import FileCache
@@ -60,7 +60,7 @@ class Ports:
     answer_cache: AnswerCache
     budget: Budget
     # batch mode's state (None without Redis: batch mode is then refused)
-    batches: BatchStore | None = None
+    batches: Batches | None = None
     # asks for a follower run soon (set by the Celery app; `worker.batch_runner`)
     schedule_batch_run: Callable[[], None] = field(default=lambda: None)
 

@@ -19,7 +19,7 @@ from PIL import Image
 from tasks import registry
 from worker.answer_cache import AnswerCache, LocalAnswerCache, NoAnswerCache, RedisAnswerCache
 from worker.answer_store import AnswerStore, LocalAnswerStore, RedisAnswerStore
-from worker.batch_store import BatchStore
+from worker.batch_store import Batches, BatchStore, LocalBatchStore
 from worker.budget import Budget, LocalBudget, NoBudget, RedisBudget
 from worker.deliveries import Deliveries, LocalDeliveries, RedisDeliveries
 from worker.gemini import GeminiGateway
@@ -58,7 +58,7 @@ def build_ports(settings: Settings, *, local: bool = False) -> Ports:
         answers = LocalAnswerStore()
         claims = LocalJobClaims(ttl_s=settings.gvw_job_id_ttl_s)
         budget: Budget = LocalBudget(budget_usd=settings.gvw_budget_usd_per_day)
-        batches: BatchStore | None = None
+        batches: Batches = LocalBatchStore()
         answer_cache: AnswerCache = LocalAnswerCache(
             ttl_s=settings.gvw_answer_cache_ttl_s, lead_ttl_s=settings.gvw_hard_time_limit_s
         )

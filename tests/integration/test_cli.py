@@ -219,9 +219,13 @@ def test_demo_runs_every_task_with_no_services(tmp_path: Path) -> None:
     env["GVW_REDIS_URL"] = "redis://127.0.0.1:1/1"
     done = gvw("demo", "--dir", str(tmp_path / "demo"), env=env, cwd=tmp_path, timeout_s=180)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "9 succeeded, 0 failed" in done.stdout
+    assert "10 succeeded, 0 failed" in done.stdout
     results = sorted((tmp_path / "demo" / "results").glob("*/result.json"))
-    assert len(results) == 9
+    assert len(results) == 10
+    # one job goes through the Gemini Batch API (the emulator's), at the batch price
+    (batched,) = [json.loads(p.read_text()) for p in results if p.parent.name.endswith("-batch")]
+    assert batched["mode"] == "batch" and batched["status"] == "succeeded"
+    assert "circle" in batched["output"]["text"] and batched["usage"]["cost_usd"] > 0
     overlays = list((tmp_path / "demo" / "results").glob("*/attempts/*/overlay.*"))  # jpg: photos
     assert len(overlays) == 3
     masks = list((tmp_path / "demo" / "results").glob("*-segment/attempts/*/masks/*.png"))
