@@ -132,6 +132,31 @@ def test_workers_killed_while_a_batch_is_pending_resume_it_without_paying_twice(
     assert records[0]["images"][0]["width"] == 320
 
 
+def test_a_follower_killed_while_its_batch_is_created_adopts_it_instead_of_paying_twice(
+    fleet: FleetFactory, tmp_path: Any
+) -> None:
+    with fleet(workers=1, concurrency=2, extra_env=BATCH_ENV) as stack:
+        # Gemini has the batch, and the follower dies before it hears its name
+        stack.emulator.configure(batch_create_reply_after_s=120, batch_done_after_s=0)
+        uris = put_scenes(stack, f"adopt-{uuid.uuid4().hex[:8]}", 3)
+        job_ids = [
+            stack.submit({"task": "caption", "images": [uri], "options": {"mode": "batch"}})
+            for uri in uris
+        ]
+        wait_until(lambda: batch_stats(stack)[0] == 1, timeout_s=60, what="the batch created")
+        stack.workers[0].proc.send_signal(signal.SIGKILL)
+        stack.workers[0].proc.wait(timeout=30)
+        stack.emulator.configure(batch_create_reply_after_s=0)
+        stack.workers[:] = [start_worker(stack.env, tmp_path, name="again", concurrency=2)]
+        records = assert_invariant(stack, job_ids, timeout_s=120)
+        created, batch_calls, generate_calls = batch_stats(stack)
+        log = stack.workers[0].log()
+
+    assert all(r["status"] == "succeeded" and r["mode"] == "batch" for r in records), records
+    assert (created, batch_calls, generate_calls) == (1, 3, 0)  # found by its name, once
+    assert "adopted a batch submitted by a run that died" in log
+
+
 def test_redis_killed_while_a_batch_is_pending_loses_nothing_and_pays_once(
     fleet: FleetFactory,
 ) -> None:

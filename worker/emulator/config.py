@@ -32,6 +32,9 @@ class EmulatorConfig:
     # the second (the real API takes minutes to 24 hours)
     batch_running_after_s: float = 0.0
     batch_done_after_s: float = 2.0
+    # how long a batch create waits, once the batch exists, before it answers: a caller
+    # that dies in that time has a batch it never heard of (what a restart must adopt)
+    batch_create_reply_after_s: float = 0.0
 
     def updated(self, values: Mapping[str, Any]) -> EmulatorConfig:
         """A copy with `values` applied; unknown names and wrong types raise ValueError."""

@@ -357,6 +357,10 @@ class EmulatorService:
         self._batch_base_url = base_url
         self.stats.count("batches_created")
         self.stats.count("batch_requests_total", len(batch.requests))
+        # a test's stand-in for a slow reply: bounded, and over as soon as it is set to 0
+        until = time.monotonic() + min(self._config.batch_create_reply_after_s, 600.0)
+        while time.monotonic() < until and self._config.batch_create_reply_after_s > 0:
+            time.sleep(0.05)
         return json_reply(operation_json(batch))
 
     def batch_get(self, batch_id: str) -> Reply:
