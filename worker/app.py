@@ -396,7 +396,7 @@ def batch_tick(self: Task, *_args: Any, **_kwargs: Any) -> bool:
     if ports.batches is None:
         return False
     runner = BatchRunner(ports, ports.batches, dispatch_job, retry_policy(ports.settings))
-    more = True
+    more: bool | None = True
     try:
         more = runner.run_once()
     except (GvwError, redis.RedisError) as err:
@@ -404,10 +404,13 @@ def batch_tick(self: Task, *_args: Any, **_kwargs: Any) -> bool:
     except Exception:  # a bug must not stop the follower: logged, and the next run comes
         log.exception("batch follower run failed")
     finally:
-        ports.batches.release_tick()
-        if more or ports.batches.has_work():
-            schedule_batch_run()
-    return more
+        # a run that found another one running leaves the schedule to it: extra runs
+        # (a worker's start, the watch) die out instead of following each other forever
+        if more is not None:
+            ports.batches.release_tick()
+            if more or ports.batches.has_work():
+                schedule_batch_run()
+    return bool(more)
 
 
 def schedule_batch_run() -> None:
@@ -420,9 +423,12 @@ def schedule_batch_run() -> None:
         app.send_task(BATCH_TASK_NAME, queue=QUEUE, countdown=poll_s)
 
 
-def dispatch_job(job: dict[str, Any]) -> None:
-    """A job sent to the queue again (its answer arrived, or its batch ended without)."""
-    app.send_task(TASK_NAME, args=[job], queue=QUEUE, task_id=str(job["job_id"]))
+def dispatch_job(job: dict[str, Any], retries: int = 0) -> None:
+    """A job sent to the queue again (its answer arrived, or its batch ended without),
+    with the retries its runs have used: the retry policy's count goes on."""
+    app.send_task(
+        TASK_NAME, args=[job], queue=QUEUE, task_id=str(job["job_id"]), retries=max(0, retries)
+    )
 
 
 @signals.worker_ready.connect
@@ -431,8 +437,7 @@ def _resume_batches(**_: Any) -> None:
     try:
         ports = runtime.get_ports()
         if ports.batches is not None and ports.batches.has_work():
-            ports.batches.release_tick()
-            schedule_batch_run()
+            schedule_batch_run()  # unless a run is scheduled: its claim lasts 3 polls
     except (redis.RedisError, GvwError):
         log.warning("could not look for pending batches at start", exc_info=True)
 

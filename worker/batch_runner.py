@@ -37,7 +37,8 @@ from worker.retry_policy import RetryPolicy
 
 log = logging.getLogger(__name__)
 
-Dispatch = Callable[[dict[str, Any]], None]
+# sends a job to the queue again, with the retries its runs have used so far
+Dispatch = Callable[[dict[str, Any], int], None]
 
 
 class BatchRunner:
@@ -54,11 +55,12 @@ class BatchRunner:
         self._inline_max_bytes = settings.gvw_batch_inline_max_bytes
         self._fallback = settings.gvw_batch_fallback
 
-    def run_once(self) -> bool:
-        """One follower run; True while there is work left (a next run is needed)."""
+    def run_once(self) -> bool | None:
+        """One follower run; True while there is work left (a next run is needed), None
+        when another run holds the lock (that one schedules the next)."""
         token = self._store.lock(ttl_s=max(60.0, self._ports.settings.gvw_soft_time_limit_s))
         if token is None:
-            return False  # another run holds the lock: it schedules the next one
+            return None
         try:
             for batch_id in self._store.open_batches():
                 try:
@@ -142,6 +144,7 @@ class BatchRunner:
     def _follow(self, batch_id: str) -> None:
         record = self._store.batch(batch_id)
         if record is None:
+            self._store.drop_open(batch_id)
             return
         if record.state == "assembled":
             if record.submit_started_at is not None:
@@ -181,7 +184,7 @@ class BatchRunner:
             if isinstance(found, ModelAnswer):
                 self._ports.answers.put(job_id, waiting.fingerprint, found, waiting.transports)
                 spent_usd += self._cost_usd(record.model, found)
-                self._dispatch(waiting.job)
+                self._dispatch(waiting.job, waiting.attempt - 1)
                 self._store.forget_job(job_id)
                 delivered += 1
                 continue
@@ -202,18 +205,32 @@ class BatchRunner:
         )
 
     def _send_back(self, record: BatchRecord, state: str) -> None:
-        """A batch that failed, expired or was cancelled: its jobs go again."""
+        """A batch that failed, expired or was cancelled: its jobs go to the queue again,
+        in batch mode or interactive (GVW_BATCH_FALLBACK). A worker builds each request
+        anew: the uploads the old one named may be gone (an expired batch is 48 hours
+        old)."""
         for job_id in record.job_ids:
             waiting = self._store.job(job_id)
             if waiting is None:
                 continue
-            if self._fallback == "batch":
-                self._store.requeue(job_id, record.model)
-            else:
-                self._store.forget_job(job_id)
-                job = dict(waiting.job)
-                job["options"] = {**(job.get("options") or {}), "mode": "interactive"}
-                self._dispatch(job)
+            job = dict(waiting.job)
+            job["options"] = {**(job.get("options") or {}), "mode": self._fallback}
+            self._store.forget_job(job_id)
+            try:
+                self._dispatch(job, waiting.attempt - 1)
+            except Exception:
+                # the broker refused it: the job waits here again, as it was
+                self._store.add_job(
+                    job_id,
+                    job=waiting.job,
+                    request=waiting.request,
+                    model=waiting.model,
+                    fingerprint=waiting.fingerprint,
+                    transports=waiting.transports,
+                    estimate_usd=waiting.estimate_usd,
+                    attempt=waiting.attempt,
+                )
+                raise
         self._settle(record, 0.0)  # a batch without answers is not billed
         self._store.close(record.batch_id, "returned")
         log.warning(

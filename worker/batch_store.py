@@ -55,6 +55,7 @@ redis.call('EXPIRE', KEYS[2], tonumber(ARGV[6]))
 redis.call('SADD', KEYS[3], ARGV[2])
 for _, id in ipairs(ids) do
     redis.call('HSET', ARGV[7] .. id, 'batch', ARGV[2])
+    redis.call('EXPIRE', ARGV[7] .. id, tonumber(ARGV[6]))
 end
 return ids
 """
@@ -71,6 +72,9 @@ class WaitingJob:
     queued_at: float
     transports: list[str]
     estimate_usd: float
+    # the run that prepared it (1 = the job's first): a job sent to the queue again
+    # carries its count on, so the retry policy bounds a job that keeps failing
+    attempt: int = 1
 
 
 @dataclass
@@ -113,12 +117,13 @@ class BatchStore:
         estimate_usd: float,
         timings_ms: dict[str, float] | None = None,
         images: list[dict[str, Any]] | None = None,
+        attempt: int = 1,
     ) -> bool:
         """Keep a prepared job's request until a batch takes it. False when the job is
         already waiting or in a batch (a redelivery): nothing is added twice."""
         key = f"{_PREFIX}job:{job_id}"
-        if not self._redis.hsetnx(key, "model", model):
-            return False
+        if not self._redis.hsetnx(key, "model", model) and self._redis.hexists(key, "request"):
+            return False  # (a hash without a request is an add that died half-way: redo)
         pipe = self._redis.pipeline()
         pipe.hset(
             key,
@@ -129,6 +134,7 @@ class BatchStore:
                 "queued_at": f"{time.time():.3f}",
                 "transports": json.dumps(transports),
                 "estimate_usd": f"{estimate_usd:.8f}",
+                "attempt": attempt,
             },
         )
         pipe.hsetnx(key, "tries", 0)
@@ -160,6 +166,7 @@ class BatchStore:
             queued_at=float(data.get("queued_at", 0)),
             transports=list(json.loads(data.get("transports") or "[]")),
             estimate_usd=float(data.get("estimate_usd") or 0),
+            attempt=int(data.get("attempt") or 1),
         )
 
     def timings_ms(self, job_id: str) -> dict[str, float]:
@@ -171,7 +178,7 @@ class BatchStore:
         return list(json.loads(raw)) if raw else None  # type: ignore[arg-type]
 
     def is_waiting(self, job_id: str) -> bool:
-        return bool(self._redis.exists(f"{_PREFIX}job:{job_id}"))
+        return bool(self._redis.hexists(f"{_PREFIX}job:{job_id}", "request"))
 
     def waiting_in(self, job_id: str) -> str | None:
         """Where a job in batch mode waits: its batch's id, "" while it waits for one to
@@ -191,6 +198,7 @@ class BatchStore:
         pipe = self._redis.pipeline()
         pipe.hdel(f"{_PREFIX}job:{job_id}", "batch")
         pipe.hset(f"{_PREFIX}job:{job_id}", "queued_at", f"{time.time():.3f}")
+        pipe.expire(f"{_PREFIX}job:{job_id}", self._ttl_s)
         pipe.rpush(f"{_PREFIX}pending:{model}", job_id)
         pipe.expire(f"{_PREFIX}pending:{model}", self._ttl_s)
         pipe.execute()
@@ -268,7 +276,14 @@ class BatchStore:
             key: json.dumps(value) if isinstance(value, dict | list) else str(value)
             for key, value in values.items()
         }
-        self._redis.hset(f"{_PREFIX}{batch_id}", mapping=encoded)
+        pipe = self._redis.pipeline()
+        pipe.hset(f"{_PREFIX}{batch_id}", mapping=encoded)
+        pipe.expire(f"{_PREFIX}{batch_id}", self._ttl_s)  # kept while it is followed
+        pipe.execute()
+
+    def drop_open(self, batch_id: str) -> None:
+        """A batch whose record is gone (expired) is followed no more."""
+        self._redis.srem(f"{_PREFIX}open", batch_id)
 
     def close(self, batch_id: str, state: str) -> None:
         """The batch is done with: its jobs are delivered or sent back."""
@@ -348,6 +363,7 @@ class LocalBatchStore:
         estimate_usd: float,
         timings_ms: dict[str, float] | None = None,
         images: list[dict[str, Any]] | None = None,
+        attempt: int = 1,
     ) -> bool:
         with self._guard:
             if job_id in self._jobs:
@@ -363,6 +379,7 @@ class LocalBatchStore:
                     queued_at=time.time(),
                     transports=list(transports),
                     estimate_usd=estimate_usd,
+                    attempt=attempt,
                 ),
                 "batch": None,
             }
@@ -458,6 +475,10 @@ class LocalBatchStore:
             record = self._batches[batch_id]
             for key, value in values.items():
                 setattr(record, key, _typed(key, value))
+
+    def drop_open(self, batch_id: str) -> None:
+        with self._guard:
+            self._open.discard(batch_id)
 
     def close(self, batch_id: str, state: str) -> None:
         self.update(batch_id, state=state, ended_at=time.time())

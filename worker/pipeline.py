@@ -132,15 +132,19 @@ def run(
         done = finished(ports.stores, job.job_id, folder, fingerprint)
         if done is not None:
             return done
-        if job.options.mode == "batch":
-            if ports.batches is None:
-                raise InvalidJob(
-                    "batch mode needs the fleet's Redis (GVW_REDIS_URL)", field="options.mode"
-                )
-            paid = ports.answers.get(job.job_id, fingerprint)
-            if paid is None and ports.batches.is_waiting(job.job_id):
-                # a redelivery of a job already waiting for its batch: nothing to do
-                return Outcome(job_id=job.job_id, status="batched", record_uri="")
+        if job.options.mode == "batch" and ports.batches is None:
+            raise InvalidJob(
+                "batch mode needs the fleet's Redis (GVW_REDIS_URL)", field="options.mode"
+            )
+        if (
+            ports.batches is not None
+            and ports.batches.is_waiting(job.job_id)
+            and ports.answers.get(job.job_id, fingerprint) is None
+        ):
+            # a redelivery of a job already waiting for its batch, or the same job sent
+            # again without batch mode (the mode is not part of the job): its batch
+            # answers it, and nothing is paid twice
+            return Outcome(job_id=job.job_id, status="batched", record_uri="")
         # Runs that took the lock and never ended, counted here and per job: a delivery
         # that only met a dead run's lock (JobBusy) is not a run, and its Celery retry
         # must not start a fresh count. A run that ends in this worker, however it ends,
@@ -158,6 +162,11 @@ def run(
             return _run_locked(job, ports, input_uris, folder, fingerprint, attempt, timer)
         finally:
             ports.deliveries.clear(job.job_id, 0)
+
+
+# what an upload named by a batch request must have left: the API answers a batch within
+# 24 hours, and a request that failed inside one is asked again in the next
+BATCH_FILE_LIFE_S = 30 * 3600.0
 
 
 def _batch_images(ports: Ports, job_id: str, count: int) -> list[ImageFacts] | None:
@@ -239,8 +248,11 @@ def _run_locked(
             job_id=job.job_id,
             refetch=lambda index: prepare(index, None),
             defer_uploads=looks_up,
-            # a batch request names its images (it waits in Redis, and a batch is small)
+            # a batch request names its images (it waits in Redis, and a batch is small),
+            # by uploads Gemini keeps past the batch's 24 hours: never a URL that lives
+            # minutes (GVW_URL_TTL_S), nor a cached file about to be deleted
             mode="file_api" if job.options.mode == "batch" else settings.gvw_transport,
+            min_file_life_s=BATCH_FILE_LIFE_S if job.options.mode == "batch" else 0.0,
         )
     # One image at a time: fetched, checked against the job's pixel budget before it is
     # decoded, prepared, and handed to the request (which keeps only what it sends).
@@ -255,7 +267,7 @@ def _run_locked(
     facts: list[ImageFacts] = list(described or [])
     first: PreparedImage | None = None
     pixels_left = settings.gvw_max_job_pixels
-    by_url = settings.gvw_transport == "url"
+    by_url = settings.gvw_transport == "url" and job.options.mode != "batch"
     for index, uri in enumerate(input_uris if described is None else []):
         # GVW_TRANSPORT=url: what Gemini can take as stored goes as a URL, read by the
         # worker only as far as its header (the overlay's image needs its pixels)
@@ -285,6 +297,17 @@ def _run_locked(
                 images.add(image)
         del image
 
+    changed: list[str] = []
+    if paid is not None and job.options.mode == "batch" and described is None:
+        # fetched again for the overlay: an object replaced while its batch was pending
+        # is not what the answer describes. The answer is read, cached and recorded
+        # with the images that were sent, and no overlay is drawn on the new pixels.
+        as_sent = _batch_images(ports, job.job_id, len(input_uris))
+        if as_sent is not None and [f.sent_sha256 for f in as_sent] != [
+            f.sent_sha256 for f in facts
+        ]:
+            facts, first = as_sent, None
+            changed.append("an image changed after its batch request was built: no overlay")
     cache_key = (
         answer_key(
             model=model,
@@ -330,6 +353,7 @@ def _run_locked(
                 estimate_usd=estimate * (1 - ports.prices.batch_discount),
                 timings_ms={k: round(v * 1000, 1) for k, v in timer.seconds.items()},
                 images=[f.to_json() for f in facts],
+                attempt=attempt,
             )
         finally:
             if cache_key is not None and lookup.lead_token is not None:
@@ -347,7 +371,7 @@ def _run_locked(
     finally:
         if cache_key is not None and lookup.lead_token is not None:
             ports.answer_cache.release(cache_key, lookup.lead_token)
-    notes = images.notes if images is not None else []
+    notes = [*(images.notes if images is not None else []), *changed]
     for index, sha256 in (images.read_back if images is not None else {}).items():
         facts[index] = replace(facts[index], sha256=sha256)
     del images

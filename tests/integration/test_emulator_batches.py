@@ -127,3 +127,31 @@ def test_a_pending_batch_can_be_cancelled_and_is_listed(
     with pytest.raises(errors.ClientError) as caught:
         client.batches.get(name=job.name or "")
     assert caught.value.code == 404
+
+
+@pytest.mark.parametrize("inline_max_bytes", [10_000_000, 0], ids=["inline", "file"])
+def test_a_request_that_fails_inside_a_batch_keeps_its_own_error(
+    server: EmulatorServer, inline_max_bytes: int
+) -> None:
+    # the worker's gateway reads a per-request error the same from an inline batch (the
+    # SDK's JobError) and from a result file (a dict): the retry policy needs its status
+    from tasks.errors import ModelRejected
+    from worker.gemini.gateway import GeminiGateway
+
+    gateway = GeminiGateway(api_key=API_KEY, base_url=server.base_url, timeout_s=30)
+    gone = {
+        "file_data": {"file_uri": f"{server.base_url}/v1beta/files/gone", "mime_type": "image/png"}
+    }
+    request = {"contents": [{"role": "user", "parts": [gone, {"text": "Describe it."}]}]}
+    remote, source = gateway.create_batch(
+        model=MODEL,
+        requests=[{**request, "metadata": {"key": "job-1"}}],
+        display_name="gone-file",
+        inline_max_bytes=inline_max_bytes,
+    )
+    assert source == ("inline" if inline_max_bytes else "file")
+    assert gateway.get_batch(remote.name).finished
+    (error,) = gateway.batch_answers(remote.name).values()
+    # the request's own 403 (its file is gone), not "Gemini 500: failed inside its batch"
+    assert isinstance(error, ModelRejected) and "Gemini 403" in error.message, error
+    assert "gone" in error.message

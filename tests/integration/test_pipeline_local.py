@@ -411,3 +411,21 @@ def test_inline_mode_refuses_what_only_the_file_api_could_carry(
     with pytest.raises(TooLarge, match="GVW_TRANSPORT=inline"):
         run(parse_job({"job_id": "il", "task": "caption", "images": [uri]}), ports)
     assert emulator.stats()["uploads_completed"] == uploads
+
+
+# ---- batch mode (options.mode: "batch"; the local store stands in for Redis) ----------
+
+
+def test_a_job_waiting_for_its_batch_is_not_paid_again_when_sent_without_batch_mode(
+    emulator: EmulatorServer, root: Path
+) -> None:
+    ports = local_ports(emulator, root)
+    uri = put(root, "a.png", scene_png())
+    batched = {"job_id": "backfill-1", "task": "caption", "images": [uri]}
+    before = calls(emulator)
+    first = run(parse_job({**batched, "options": {"mode": "batch"}}), ports)
+    # the same job, enqueued again without --batch while its batch is pending
+    again = run(parse_job(batched), ports)
+    assert (first.status, again.status) == ("batched", "batched")
+    assert calls(emulator) == before and ports.batches is not None
+    assert ports.batches.waiting_in("backfill-1") == ""

@@ -248,6 +248,25 @@ def test_failed_requests_are_retried_and_an_expired_batch_sends_its_jobs_back(
     assert final[2] == 2
 
 
+def test_an_unreadable_batch_answer_is_asked_again_within_the_retry_policy_then_fails(
+    fleet: FleetFactory,
+) -> None:
+    # GVW_OUTPUT_RETRIES=2: the first answer and two more, each in a batch of its own
+    with fleet(workers=1, concurrency=2, extra_env=BATCH_ENV) as stack:
+        stack.emulator.configure(batch_done_after_s=0)
+        stack.emulator.queue_fault("garbage", count=50)
+        (uri,) = put_scenes(stack, f"garbage-{uuid.uuid4().hex[:8]}", 1)
+        job_id = stack.submit(
+            {"task": "detect", "images": [uri], "prompt": "shapes", "options": {"mode": "batch"}}
+        )
+        (record,) = assert_invariant(stack, [job_id], timeout_s=90)
+        created, batch_calls, generate_calls = batch_stats(stack)
+        gvw("batches", "list", env=stack.env)
+
+    assert record["status"] == "failed" and record["error"]["code"] == "model_output_invalid"
+    assert (created, batch_calls, generate_calls) == (3, 3, 0), (created, batch_calls)
+
+
 def _open_batches(stack: Stack) -> int:
     return int(stack.redis.client(db=1).scard("gvw:batch:open"))
 

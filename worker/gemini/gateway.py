@@ -373,6 +373,9 @@ def _batch_item(
     response: types.GenerateContentResponse | None, error: Any
 ) -> ModelAnswer | GvwError:
     if response is None:
+        # a JSONL result line holds a dict; an inline response, the SDK's JobError
+        if hasattr(error, "model_dump"):
+            error = error.model_dump(exclude_none=True)
         status = error if isinstance(error, dict) else {}
         return translate_api_error(
             int(status.get("code") or 500), str(status.get("status") or ""),

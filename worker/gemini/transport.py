@@ -57,6 +57,7 @@ class ImageSender:
         refetch: Callable[[int], PreparedImage],
         defer_uploads: bool = False,
         mode: TransportMode = "auto",
+        min_file_life_s: float = 0.0,
     ) -> RequestImages:
         """A request's images, added one at a time. ``refetch(index)`` prepares image
         ``index`` again, for the rare re-upload after Gemini refused a cached file.
@@ -67,9 +68,20 @@ class ImageSender:
         read of the images that go by File API.
 
         ``mode`` (GVW_TRANSPORT): "auto" and "url" plan by size; "inline" never uploads
-        (a request past the inline limit is TooLarge); "file_api" uploads every image."""
+        (a request past the inline limit is TooLarge); "file_api" uploads every image.
+
+        ``min_file_life_s``: a cached upload Gemini deletes sooner than this is uploaded
+        again (a batch request is read up to a day after it is built)."""
         planner = InlinePlanner(prompt_bytes=prompt_bytes, inline_max_bytes=self.inline_max_bytes)
-        return RequestImages(self, planner, job_id, refetch, defer_uploads=defer_uploads, mode=mode)
+        return RequestImages(
+            self,
+            planner,
+            job_id,
+            refetch,
+            defer_uploads=defer_uploads,
+            mode=mode,
+            min_file_life_s=min_file_life_s,
+        )
 
     def count(self, event: str) -> None:
         self._cache.count(event)
@@ -133,8 +145,10 @@ class RequestImages:
         *,
         defer_uploads: bool = False,
         mode: TransportMode = "auto",
+        min_file_life_s: float = 0.0,
     ) -> None:
         self._sender = sender
+        self._min_file_life_s = min_file_life_s
         self._planner = planner
         self._job_id = job_id
         self._refetch = refetch
@@ -168,6 +182,11 @@ class RequestImages:
 
     def _place(self, index: int, image: PreparedImage) -> None:
         entry = self._sender.cached(image.sent_sha256)
+        if entry is not None and entry.expires_at - time.time() < self._min_file_life_s:
+            # too close to its deletion for this request: a new upload replaces it in
+            # the cache (requests in flight keep the old URI until Gemini deletes it)
+            self._sender.evict(image.sent_sha256, entry.uri)
+            entry = None
         if entry is not None:
             self._sender.count("cache_hits")
             self._by_uri[index] = _by_uri(entry)
