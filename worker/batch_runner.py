@@ -248,6 +248,9 @@ class BatchRunner:
     def _settle(self, record: BatchRecord, spent_usd: float) -> None:
         fresh = self._store.batch(record.batch_id)
         if fresh is not None and fresh.budget_day is not None:
+            # forgotten first: a run that dies here leaves the reservation to expire with
+            # its day rather than letting a second run settle it twice
+            self._store.update(record.batch_id, budget_day="")
             self._ports.budget.settle(Reservation(fresh.budget_day, fresh.budget_micro), spent_usd)
 
     def _fail(

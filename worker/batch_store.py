@@ -44,11 +44,23 @@ _PREFIX = "gvw:batch:"
 # ARGV[5] = now, ARGV[6] = ttl s, ARGV[7] = job key prefix
 # Returns the job ids taken (none: nothing was written).
 _TAKE_LUA = """
-local ids = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+local listed = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+if #listed == 0 then
+    return listed
+end
+redis.call('LTRIM', KEYS[1], #listed, -1)
+-- once each, and only jobs still waiting (a requeue repeated by a run that died, or a
+-- job forgotten since, must not be asked, and paid for, twice)
+local ids, seen = {}, {}
+for _, id in ipairs(listed) do
+    if not seen[id] and redis.call('HEXISTS', ARGV[7] .. id, 'request') == 1 then
+        seen[id] = true
+        ids[#ids + 1] = id
+    end
+end
 if #ids == 0 then
     return ids
 end
-redis.call('LTRIM', KEYS[1], #ids, -1)
 redis.call('HSET', KEYS[2], 'model', ARGV[3], 'display_name', ARGV[4],
     'job_ids', cjson.encode(ids), 'state', 'assembled', 'created_at', ARGV[5])
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[6]))
@@ -445,10 +457,11 @@ class LocalBatchStore:
 
     def take(self, model: str, count: int) -> BatchRecord | None:
         with self._guard:
-            ids = self._pending.get(model, [])[:count]
+            listed = self._pending.get(model, [])[:count]
+            del self._pending.get(model, [])[: len(listed)]
+            ids = [i for i in dict.fromkeys(listed) if i in self._jobs]
             if not ids:
                 return None
-            del self._pending[model][: len(ids)]
             batch_id = uuid.uuid4().hex[:16]
             self._batches[batch_id] = BatchRecord(
                 batch_id=batch_id,
@@ -529,6 +542,8 @@ def _typed(key: str, value: Any) -> Any:
     field_type = BatchRecord.__dataclass_fields__[key].type
     if value is None or isinstance(value, dict | list):
         return value
+    if value == "" and "None" in str(field_type):
+        return None
     if "float" in str(field_type):
         return float(value)
     if "int" in str(field_type):

@@ -97,15 +97,12 @@ def run(
     model = job.model or settings.gvw_model
     # a resolution this model does not take is the job's error, found before any I/O
     media_resolution_for(model, job.options.media_resolution)
-    if ports.budget.enabled:
-        if ports.prices.price_of(model) is None:
-            raise InvalidJob(
-                f"model {model[:200]!r} has no price in the price table, and this fleet "
-                "spends within a budget (GVW_BUDGET_USD_PER_DAY): add it with GVW_PRICES_FILE",
-                field="model",
-            )
-        # a day with no room left sends the job back before it reads anything
-        ports.budget.ensure_open()
+    if ports.budget.enabled and ports.prices.price_of(model) is None:
+        raise InvalidJob(
+            f"model {model[:200]!r} has no price in the price table, and this fleet "
+            "spends within a budget (GVW_BUDGET_USD_PER_DAY): add it with GVW_PRICES_FILE",
+            field="model",
+        )
     # Every URI is checked before any is read: one bad URI refuses the whole job. The
     # parsed spelling is what the I/O below uses (worker.storage.uris: one parser).
     output = (
@@ -118,6 +115,10 @@ def run(
     ]
     folder = job_folder(job.job_id, output, settings)
     fingerprint = job.fingerprint(folder)
+    if ports.budget.enabled and ports.answers.get(job.job_id, fingerprint) is None:
+        # a day with no room left sends the job back before it reads anything (an
+        # answer already paid for, a batch's, is published whatever the day has left)
+        ports.budget.ensure_open()
     claim = ports.claims.claim(job.job_id, fingerprint, folder)
     if not claim.ours:
         raise JobIdConflict(job.job_id, holder_folder=claim.holder_folder)

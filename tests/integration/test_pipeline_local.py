@@ -429,3 +429,31 @@ def test_a_job_waiting_for_its_batch_is_not_paid_again_when_sent_without_batch_m
     assert (first.status, again.status) == ("batched", "batched")
     assert calls(emulator) == before and ports.batches is not None
     assert ports.batches.waiting_in("backfill-1") == ""
+
+
+def test_an_answer_already_paid_for_is_published_on_a_day_without_budget_left(
+    emulator: EmulatorServer, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a batch's answers arrive whenever Gemini finishes: the day may be spent by then
+    from dataclasses import replace
+
+    from worker.budget import LocalBudget
+
+    ports = local_ports(emulator, root, gvw_budget_usd_per_day=1.0)
+    job = parse_job(
+        {"job_id": "late", "task": "caption", "images": [put(root, "a.png", scene_png())]}
+    )
+    real_create = StoreRouter.create_exclusive
+
+    def lost_commit(*args: Any, **kwargs: Any) -> bool:
+        raise StorageUnavailable("S3 is down")
+
+    monkeypatch.setattr(StoreRouter, "create_exclusive", lost_commit)
+    with pytest.raises(StorageUnavailable):
+        run(job, ports)  # the answer is paid and kept; the commit failed
+    monkeypatch.setattr(StoreRouter, "create_exclusive", real_create)
+    spent = LocalBudget(budget_usd=0.01)
+    spent.settle(spent.reserve(0.01, max_wait_s=0), 0.011)  # nothing left today
+    before = calls(emulator)
+    assert run(job, replace(ports, budget=spent), attempt=2).status == "succeeded"
+    assert calls(emulator) == before

@@ -74,3 +74,14 @@ def test_one_follower_run_is_scheduled_and_one_runs(store: Batches) -> None:
     store.unlock(token)
     assert store.lock(ttl_s=60) is not None
     assert not store.has_work() and store.take("m", 10) is None
+
+
+def test_a_job_listed_twice_or_forgotten_is_not_put_in_a_batch(store: Batches) -> None:
+    # a follower that died between a requeue and closing its batch requeues again
+    assert add(store, "a") and add(store, "b")
+    store.requeue("a", "m")
+    store.requeue("a", "m")
+    store.forget_job("b")
+    record = store.take("m", 10)
+    assert record is not None and record.job_ids == ["a"]  # once, and b not at all
+    assert store.pending_count("m") == 0
