@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tasks.errors import BudgetExhausted, GvwError, ModelOutputInvalid
+from tasks.errors import BudgetExhausted, GvwError, ModelOutputInvalid, QuotaExhausted
 from worker.batch_store import Batches, BatchRecord
 from worker.budget import Reservation
 from worker.failures import publish_error
@@ -82,9 +82,10 @@ class BatchRunner:
             waiting = self._store.pending_count(model)
             oldest = self._store.oldest_pending_at(model)
             due = oldest is not None and time.time() - oldest >= self._max_wait_s
-            if waiting == 0 or (waiting < self._max_requests and not due):
+            size = self._batch_size(model)
+            if waiting == 0 or (waiting < size and not due):
                 return
-            record = self._store.take(model, self._max_requests)
+            record = self._store.take(model, size)
             if record is None:
                 return
             log.info(
@@ -92,6 +93,36 @@ class BatchRunner:
                 extra={"batch": record.batch_id, "model": model, "jobs": len(record.job_ids)},
             )
             self._submit(record)
+
+    def _batch_size(self, model: str) -> int:
+        """GVW_BATCH_MAX_REQUESTS, or fewer under a day's budget: a batch is paid for at
+        once, so one estimated at more than half the day's budget would wait for a day
+        that never has room for it."""
+        size = self._max_requests
+        if not self._ports.budget.enabled:
+            return size
+        first = self._store.first_pending(model)
+        waiting = self._store.job(first) if first is not None else None
+        if waiting is not None and waiting.estimate_usd > 0:
+            half_day_usd = self._ports.settings.gvw_budget_usd_per_day / 2
+            size = min(size, max(1, int(half_day_usd / waiting.estimate_usd)))
+        return size
+
+    def _too_dear(self, record: BatchRecord, err: QuotaExhausted) -> None:
+        """A batch estimated at more than the whole day's budget: halved (the other half
+        waits for the next batch), and a single job that is this dear fails as it would
+        interactively."""
+        if len(record.job_ids) > 1:
+            keep = record.job_ids[: len(record.job_ids) // 2]
+            self._store.update(record.batch_id, job_ids=keep)
+            for job_id in record.job_ids[len(keep) :]:
+                self._store.requeue(job_id, record.model)
+            return
+        for job_id in record.job_ids:
+            waiting = self._store.job(job_id)
+            if waiting is not None:
+                self._fail(waiting.job, job_id, err, waiting.attempt, waiting.fingerprint)
+        self._store.close(record.batch_id, "returned")
 
     def _submit(self, record: BatchRecord) -> None:
         requests = []
@@ -107,6 +138,9 @@ class BatchRunner:
         if record.budget_day is None and self._ports.budget.enabled:
             try:
                 reservation = self._ports.budget.reserve(estimate_usd, max_wait_s=0)
+            except QuotaExhausted as err:
+                self._too_dear(record, err)
+                return
             except BudgetExhausted:
                 log.info(
                     "the day's budget has no room for a batch yet", extra={"batch": record.batch_id}

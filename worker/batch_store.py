@@ -229,6 +229,10 @@ class BatchStore:
     def pending_count(self, model: str) -> int:
         return int(self._redis.llen(f"{_PREFIX}pending:{model}"))  # type: ignore[arg-type]
 
+    def first_pending(self, model: str) -> str | None:
+        first = self._redis.lindex(f"{_PREFIX}pending:{model}", 0)
+        return first.decode() if first is not None else None  # type: ignore[union-attr]
+
     def oldest_pending_at(self, model: str) -> float | None:
         first = self._redis.lindex(f"{_PREFIX}pending:{model}", 0)
         if first is None:
@@ -446,6 +450,11 @@ class LocalBatchStore:
 
     def pending_count(self, model: str) -> int:
         return len(self._pending.get(model, []))
+
+    def first_pending(self, model: str) -> str | None:
+        with self._guard:
+            ids = self._pending.get(model) or []
+            return ids[0] if ids else None
 
     def oldest_pending_at(self, model: str) -> float | None:
         with self._guard:

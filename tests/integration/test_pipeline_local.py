@@ -457,3 +457,59 @@ def test_an_answer_already_paid_for_is_published_on_a_day_without_budget_left(
     before = calls(emulator)
     assert run(job, replace(ports, budget=spent), attempt=2).status == "succeeded"
     assert calls(emulator) == before
+
+
+def test_batches_are_sized_to_the_days_budget_and_a_job_dearer_than_the_day_fails(
+    emulator: EmulatorServer, root: Path
+) -> None:
+    from dataclasses import replace
+
+    from worker.batch_runner import BatchRunner
+    from worker.budget import LocalBudget
+    from worker.retry_policy import RetryPolicy
+
+    emulator.configure(batch_done_after_s=0)
+    dispatched: list[str] = []
+    policy = RetryPolicy(base_s=0.1, max_s=1, max_retries=3, output_retries=1)
+
+    def batched_jobs(prefix: str, count: int) -> tuple[Ports, float]:
+        """`count` jobs waiting for a batch, and one's estimated cost."""
+        ports = local_ports(emulator, root, gvw_budget_usd_per_day=1.0, gvw_batch_max_wait_s=0)
+        for seed in range(count):
+            uri = put(root, f"{prefix}{seed}.png", scene_png(seed))
+            job = {"job_id": f"{prefix}{seed}", "task": "caption", "images": [uri]}
+            assert run(parse_job({**job, "options": {"mode": "batch"}}), ports).status == "batched"
+        assert ports.batches is not None
+        waiting = ports.batches.job(f"{prefix}0")
+        assert waiting is not None and waiting.estimate_usd > 0
+        return ports, waiting.estimate_usd
+
+    def follow(ports: Ports, day_usd: float) -> None:
+        ports = replace(
+            ports,
+            settings=ports.settings.model_copy(update={"gvw_budget_usd_per_day": day_usd}),
+            budget=LocalBudget(budget_usd=day_usd),
+        )
+        assert ports.batches is not None
+        runner = BatchRunner(
+            ports, ports.batches, lambda job, _n: dispatched.append(job["job_id"]), policy
+        )
+        for _ in range(20):  # bounded: each run submits or follows what it can
+            if not runner.run_once():
+                return
+
+    # six jobs, a day with room for four and a half: one batch of six would never fit;
+    # two per batch (half a day each) do
+    created = int(emulator.stats()["batches_created"])
+    ports, estimate_usd = batched_jobs("sized-", 6)
+    follow(ports, day_usd=estimate_usd * 4.5)
+    assert sorted(dispatched) == [f"sized-{n}" for n in range(6)]
+    assert int(emulator.stats()["batches_created"]) - created == 3
+
+    # a single request dearer than the whole day: failed for good, never submitted
+    created = int(emulator.stats()["batches_created"])
+    ports, estimate_usd = batched_jobs("dear-", 1)
+    follow(ports, day_usd=estimate_usd / 2)
+    record = record_of(root, "dear-0")
+    assert isinstance(record, ErrorRecord) and record.error.code == "quota_exhausted"
+    assert int(emulator.stats()["batches_created"]) == created
