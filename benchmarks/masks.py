@@ -10,8 +10,10 @@ placed on a 1024x1024 image and on a 4032x3024 one (a 12 MP phone photo). Per ob
 - array loop: the same, but the loop sets ``full[y, x] = True`` in a numpy bool array
   (the cheapest form a per-pixel loop can take, to show what the loop itself costs);
 - ours: `tasks.masks.decode_mask` (a box-sized crop: the PNG read with zlib and numpy,
-  Pillow's resize, bilinear when enlarging and nearest when shrinking, the threshold) +
-  `BoxMask.to_full`;
+  Pillow's resize, bilinear when enlarging and nearest when shrinking, the threshold),
+  each full mask built in turn in one full-size array per image (`tasks.masks.FullMasks`,
+  which clears the previous object's box: a fresh 12 MB array per object of a 12 MP
+  image costs more than decoding its mask);
 - supervision (with `pip install '.[bench]'`): `Detections.from_vlm(GOOGLE_GEMINI_2_5)`
   on the whole answer against ours on the whole answer (`tasks.segment` reading it, then
   every full mask).
@@ -48,7 +50,7 @@ from PIL import Image, ImageDraw
 
 from tasks.base import ImageSize, TaskSpec
 from tasks.detect import Detection, parse_detections
-from tasks.masks import decode_mask
+from tasks.masks import FullMasks, decode_mask
 from tasks.segment import TASK as SEGMENT
 
 FIXTURE = (
@@ -99,9 +101,11 @@ def array_loop(item: dict[str, Any], box: Box, width_px: int, height_px: int) ->
     return full
 
 
-def ours(item: dict[str, Any], box: Box, width_px: int, height_px: int) -> NDArray[np.bool_]:
-    crop = decode_mask(item["mask"], box, width_px, height_px, threshold_u8=THRESHOLD_U8)
-    return crop.to_full(width_px, height_px)
+def ours(item: dict[str, Any], box: Box, canvas: FullMasks) -> NDArray[np.bool_]:
+    crop = decode_mask(
+        item["mask"], box, canvas.width_px, canvas.height_px, threshold_u8=THRESHOLD_U8
+    )
+    return canvas.of(crop)
 
 
 def run_reference(
@@ -110,12 +114,13 @@ def run_reference(
     """Seconds for all objects, and the agreement with ours (share, differing pixels)."""
     seconds = 0.0
     equal_px = total_px = 0
+    canvas = FullMasks(width_px, height_px)
     for detection in objects:
         item, box = dict(detection.item), detection.box_xyxy_px
         start = time.perf_counter()
         expected = reference(item, box, width_px, height_px)
         seconds += time.perf_counter() - start
-        got = ours(item, box, width_px, height_px)
+        got = ours(item, box, canvas)
         equal_px += int(np.count_nonzero(expected == got))
         total_px += expected.size
         del expected, got  # one pair of full masks alive at a time, as in a worker
@@ -125,8 +130,9 @@ def run_reference(
 def time_ours(objects: list[Detection], width_px: int, height_px: int, repeat: int) -> float:
     def once() -> float:
         start = time.perf_counter()
+        canvas = FullMasks(width_px, height_px)  # one per image, as a worker would
         for detection in objects:
-            ours(dict(detection.item), detection.box_xyxy_px, width_px, height_px)
+            ours(dict(detection.item), detection.box_xyxy_px, canvas)
         return time.perf_counter() - start
 
     return statistics.median(once() for _ in range(repeat))

@@ -59,6 +59,7 @@ __all__ = [
     "POLYGON_MAX_ABS_COORDINATE",
     "POLYGON_MAX_POINTS",
     "BoxMask",
+    "FullMasks",
     "UnsupportedMask",
     "decode_mask",
 ]
@@ -130,6 +131,32 @@ class BoxMask:
         return full
 
 
+class FullMasks:
+    """Full-size masks of one image, one object at a time, in one reused array: `of`
+    clears the previous object's box and writes this one's. A 12 MP image's full mask is
+    12 MB; allocating (and faulting in) a fresh one per object costs more than decoding
+    the mask itself. The array `of` returns is valid until its next call."""
+
+    def __init__(self, width_px: int, height_px: int) -> None:
+        self.width_px = width_px
+        self.height_px = height_px
+        self._full = np.zeros((height_px, width_px), dtype=np.bool_)
+        self._last: tuple[int, int, int, int] | None = None
+
+    def of(self, mask: BoxMask) -> NDArray[np.bool_]:
+        x0, y0, x1, y1 = mask.box_xyxy_px
+        if x1 > self.width_px or y1 > self.height_px:
+            raise ValueError(
+                f"mask box {mask.box_xyxy_px} does not fit a {self.width_px}x{self.height_px} image"
+            )
+        if self._last is not None:
+            lx0, ly0, lx1, ly1 = self._last
+            self._full[ly0:ly1, lx0:lx1] = False
+        self._full[y0:y1, x0:x1] = mask.crop
+        self._last = (x0, y0, x1, y1)
+        return self._full
+
+
 def decode_mask(
     value: Any,
     box_xyxy_px: Sequence[int],
@@ -187,7 +214,19 @@ def _resized(map_u8: NDArray[np.uint8], width_px: int, height_px: int) -> NDArra
     the two differ only on edge pixels: `benchmarks/masks.py` prints how many (on the
     real fixtures, about as many as OpenCV's plain bilinear moves)."""
     map_height_px, map_width_px = map_u8.shape
-    image = Image.fromarray(map_u8)
+    # a view of the map's bytes, not a copy (fromarray copies them since Pillow 13)
+    image = Image.frombuffer(
+        "L", (map_width_px, map_height_px), np.ascontiguousarray(map_u8), "raw", "L", 0, 1
+    )
+    if (width_px > map_width_px) == (height_px > map_height_px):
+        # both enlarged (bilinear) or neither (nearest): one call, which Pillow runs as the
+        # same two passes
+        both = (
+            _filter(width_px, map_width_px)
+            if width_px != map_width_px
+            else _filter(height_px, map_height_px)
+        )
+        return np.asarray(image.resize((width_px, height_px), both))
     if height_px < map_height_px:  # shrink first: the enlarging pass then has fewer rows
         image = image.resize((map_width_px, height_px), Image.Resampling.NEAREST)
     if width_px != map_width_px:

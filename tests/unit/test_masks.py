@@ -607,3 +607,15 @@ def test_box_mask_places_its_crop_in_the_full_mask() -> None:
 def test_box_mask_wants_a_2d_bool_crop(crop: Any) -> None:
     with pytest.raises(ValueError, match="2-D bool"):
         BoxMask(0, 0, crop)
+
+
+def test_full_masks_built_in_turn_in_one_array_equal_fresh_ones() -> None:
+    from tasks.masks import BoxMask, FullMasks
+
+    rng = np.random.default_rng(7)
+    canvas = FullMasks(64, 48)
+    for x0, y0, w, h in [(0, 0, 30, 20), (10, 5, 40, 30), (50, 40, 14, 8), (0, 0, 64, 48)]:
+        mask = BoxMask(x0, y0, rng.random((h, w)) > 0.5)
+        assert np.array_equal(canvas.of(mask), mask.to_full(64, 48))
+    with pytest.raises(ValueError, match="does not fit"):
+        canvas.of(BoxMask(60, 0, np.ones((4, 8), dtype=np.bool_)))
