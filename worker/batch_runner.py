@@ -154,12 +154,24 @@ class BatchRunner:
                 )
         # recorded before the call: a run that dies inside it finds the batch by name
         self._store.update(record.batch_id, submit_started_at=f"{time.time():.3f}")
-        remote, source = self._ports.gemini.create_batch(
-            model=record.model,
-            requests=requests,
-            display_name=record.display_name,
-            inline_max_bytes=self._inline_max_bytes,
-        )
+        try:
+            remote, source = self._ports.gemini.create_batch(
+                model=record.model,
+                requests=requests,
+                display_name=record.display_name,
+                inline_max_bytes=self._inline_max_bytes,
+            )
+        except GvwError as err:
+            if err.retryable:
+                raise  # Gemini unreachable or busy: the next run submits it
+            # refused for good (an unknown model, a request the API rejects): asking again
+            # cannot help, so each job goes the interactive way and ends with its own
+            # answer or its own error
+            log.error(
+                "Gemini refused the batch", extra={"batch": record.batch_id, "error": err.message}
+            )
+            self._send_back(record, f"refused: {err.message[:200]}", mode="interactive")
+            return
         self._store.update(
             record.batch_id,
             state="submitted",
@@ -196,7 +208,14 @@ class BatchRunner:
         if record.state != "submitted":
             self._store.close(batch_id, record.state)
             return
-        remote = self._ports.gemini.get_batch(record.name)
+        try:
+            remote = self._ports.gemini.get_batch(record.name)
+        except GvwError as err:
+            if err.retryable:
+                raise
+            # Gemini no longer knows it (deleted, another project's): its jobs go again
+            self._send_back(record, f"unreadable: {err.message[:200]}")
+            return
         if remote.state != record.gemini_state:
             self._store.update(batch_id, gemini_state=remote.state)
         if not remote.finished:
@@ -238,7 +257,7 @@ class BatchRunner:
             extra={"batch": record.batch_id, "answers": delivered, "failed": failed},
         )
 
-    def _send_back(self, record: BatchRecord, state: str) -> None:
+    def _send_back(self, record: BatchRecord, state: str, *, mode: str | None = None) -> None:
         """A batch that failed, expired or was cancelled: its jobs go to the queue again,
         in batch mode or interactive (GVW_BATCH_FALLBACK). A worker builds each request
         anew: the uploads the old one named may be gone (an expired batch is 48 hours
@@ -248,7 +267,7 @@ class BatchRunner:
             if waiting is None:
                 continue
             job = dict(waiting.job)
-            job["options"] = {**(job.get("options") or {}), "mode": self._fallback}
+            job["options"] = {**(job.get("options") or {}), "mode": mode or self._fallback}
             self._store.forget_job(job_id)
             try:
                 self._dispatch(job, waiting.attempt - 1)
@@ -269,7 +288,7 @@ class BatchRunner:
         self._store.close(record.batch_id, "returned")
         log.warning(
             "batch ended without answers: its jobs go again",
-            extra={"batch": record.batch_id, "state": state, "to": self._fallback},
+            extra={"batch": record.batch_id, "state": state, "to": mode or self._fallback},
         )
 
     def _cost_usd(self, model: str, answer: ModelAnswer) -> float:

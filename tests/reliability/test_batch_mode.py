@@ -267,6 +267,25 @@ def test_an_unreadable_batch_answer_is_asked_again_within_the_retry_policy_then_
     assert (created, batch_calls, generate_calls) == (3, 3, 0), (created, batch_calls)
 
 
+def test_a_batch_gemini_refuses_for_good_sends_each_job_its_own_answer_or_error(
+    fleet: FleetFactory,
+) -> None:
+    with fleet(workers=1, concurrency=2, extra_env=BATCH_ENV) as stack:
+        stack.emulator.configure(batch_done_after_s=0)
+        uris = put_scenes(stack, f"refused-{uuid.uuid4().hex[:8]}", 2)
+        # the model is gone by the time the batch is submitted: a 404, for good
+        stack.emulator.configure(model_prefixes=["gemini-9"])
+        job_ids = [
+            stack.submit({"task": "caption", "images": [u], "options": {"mode": "batch"}})
+            for u in uris
+        ]
+        records = assert_invariant(stack, job_ids, timeout_s=60)
+        created = batch_stats(stack)[0]
+
+    assert [r["error"]["code"] for r in records] == ["model_error"] * 2, records
+    assert created == 0
+
+
 def _open_batches(stack: Stack) -> int:
     return int(stack.redis.client(db=1).scard("gvw:batch:open"))
 
