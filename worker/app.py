@@ -431,22 +431,13 @@ def dispatch_job(job: dict[str, Any], retries: int = 0) -> None:
     )
 
 
-@signals.worker_ready.connect
-def _resume_batches(**_: Any) -> None:
-    # a fleet restarted while batches were pending: follow them again
-    try:
-        ports = runtime.get_ports()
-        if ports.batches is not None and ports.batches.has_work():
-            schedule_batch_run()  # unless a run is scheduled: its claim lasts 3 polls
-    except (redis.RedisError, GvwError):
-        log.warning("could not look for pending batches at start", exc_info=True)
-
-
 def _watch_batches() -> None:
-    """Start the follower again if its chain of runs broke. A run schedules the next one
-    through the broker; when Redis goes down at that moment (or the message waits in a
-    dead worker's unacked set for the visibility timeout), no run is scheduled, the
-    claim expires (3 polls), and this sends a new one. A scheduled run is left alone."""
+    """Start the follower if no run is scheduled: at a worker's start (a fleet restarted
+    while batches were pending), and again if its chain of runs broke. A run schedules
+    the next one through the broker; when Redis goes down at that moment (or the message
+    waits in a dead worker's unacked set for the visibility timeout), no run is
+    scheduled, the claim expires (3 polls), and this sends a new one. A scheduled run is
+    left alone."""
     try:
         ports = runtime.get_ports()
         if ports.batches is not None and ports.batches.has_work():

@@ -260,11 +260,12 @@ def _run_locked(
     # A batch's answer is published with the images as its request described them: not
     # fetched again (unless an overlay needs the pixels), and the record describes what
     # was sent, even if an object changed in the hours the batch took.
-    described = (
+    as_sent = (
         _batch_images(ports, job.job_id, len(input_uris))
-        if paid is not None and job.options.mode == "batch" and not keeps_pixels
+        if paid is not None and job.options.mode == "batch"
         else None
     )
+    described = None if keeps_pixels else as_sent
     facts: list[ImageFacts] = list(described or [])
     first: PreparedImage | None = None
     pixels_left = settings.gvw_max_job_pixels
@@ -299,16 +300,16 @@ def _run_locked(
         del image
 
     changed: list[str] = []
-    if paid is not None and job.options.mode == "batch" and described is None:
+    if (
+        as_sent is not None
+        and described is None
+        and [f.sent_sha256 for f in as_sent] != [f.sent_sha256 for f in facts]
+    ):
         # fetched again for the overlay: an object replaced while its batch was pending
         # is not what the answer describes. The answer is read, cached and recorded
         # with the images that were sent, and no overlay is drawn on the new pixels.
-        as_sent = _batch_images(ports, job.job_id, len(input_uris))
-        if as_sent is not None and [f.sent_sha256 for f in as_sent] != [
-            f.sent_sha256 for f in facts
-        ]:
-            facts, first = as_sent, None
-            changed.append("an image changed after its batch request was built: no overlay")
+        facts, first = as_sent, None
+        changed.append("an image changed after its batch request was built: no overlay")
     cache_key = (
         answer_key(
             model=model,

@@ -42,6 +42,21 @@ def batch_requests_sent(stack: Stack) -> int:
     return int(stack.emulator.stats()["batch_requests_total"])
 
 
+def submit_one_pending_batch(stack: Stack, uris: list[str]) -> list[str]:
+    """A batch-mode caption job per image; returns their ids once their one batch is
+    submitted to Gemini."""
+    job_ids = [
+        stack.submit({"task": "caption", "images": [uri], "options": {"mode": "batch"}})
+        for uri in uris
+    ]
+    wait_until(
+        lambda: batch_stats(stack)[0] == 1 and _open_batches(stack) == 1,
+        timeout_s=60,
+        what="the batch to be submitted",
+    )
+    return job_ids
+
+
 def test_a_prefix_backfilled_with_batch_is_answered_once_at_the_batch_price(
     fleet: FleetFactory,
 ) -> None:
@@ -101,15 +116,7 @@ def test_workers_killed_while_a_batch_is_pending_resume_it_without_paying_twice(
     with fleet(workers=2, concurrency=2, extra_env=BATCH_ENV) as stack:
         stack.emulator.configure(batch_done_after_s=3600)  # pending until the test says
         uris = put_scenes(stack, f"kill-{uuid.uuid4().hex[:8]}", 6)
-        job_ids = [
-            stack.submit({"task": "caption", "images": [uri], "options": {"mode": "batch"}})
-            for uri in uris
-        ]
-        wait_until(
-            lambda: batch_stats(stack)[0] == 1 and _open_batches(stack) == 1,
-            timeout_s=60,
-            what="the batch to be submitted",
-        )
+        job_ids = submit_one_pending_batch(stack, uris)
         for worker in stack.workers:
             worker.proc.send_signal(signal.SIGKILL)
         for worker in stack.workers:
@@ -168,15 +175,7 @@ def test_redis_killed_while_a_batch_is_pending_loses_nothing_and_pays_once(
     with fleet(workers=2, concurrency=2, extra_env=env, redis_appendonly=True) as stack:
         stack.emulator.configure(batch_done_after_s=3600)  # pending until the test says
         uris = put_scenes(stack, f"redis-{uuid.uuid4().hex[:8]}", 4)
-        job_ids = [
-            stack.submit({"task": "caption", "images": [uri], "options": {"mode": "batch"}})
-            for uri in uris
-        ]
-        wait_until(
-            lambda: batch_stats(stack)[0] == 1 and _open_batches(stack) == 1,
-            timeout_s=60,
-            what="the batch to be submitted",
-        )
+        job_ids = submit_one_pending_batch(stack, uris)
         # an operator asking about a job in a pending batch is told where it is
         status = gvw("status", job_ids[0], "--json", env=stack.env)
         assert status.returncode == 0, status.stderr
