@@ -63,7 +63,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # tenth: otherwise a lost job can take ~100 s to come back
         "unacked_restore_throttle": 1,
     }
-    return {
+    config: dict[str, Any] = {
         "broker_url": settings.celery_broker_url,
         "result_backend": settings.celery_result_backend,
         "broker_connection_retry_on_startup": True,
@@ -101,6 +101,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # a broker outage is never a crash either (worker.consumer)
         "worker_consumer": "worker.consumer:WorkerConsumer",
     }
+    if settings.celery_broker_url.startswith("redis://"):
+        # a message Redis hands over as it goes away is put back, never dropped
+        # (worker.broker_transport). Only for `redis://`: naming a transport class turns
+        # off kombu's reading of `rediss://` (TLS) and `sentinel://` from the URL's scheme.
+        config["broker_transport"] = "worker.broker_transport:Transport"
+    return config
 
 
 app = Celery("gvw")

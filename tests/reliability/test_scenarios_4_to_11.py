@@ -516,6 +516,38 @@ def test_redis_restart_with_jobs_queued_and_running_loses_and_doubles_nothing(
         assert "ready." in stack.workers[0].log()
 
 
+def test_redis_lost_after_handing_a_job_over_before_recording_it_unacked_loses_nothing(
+    fleet: FleetFactory, tmp_path: Path
+) -> None:
+    # kombu takes a message off the queue (BRPOP) and then, in a second command, records it
+    # as unacknowledged: Redis dying in between leaves the job in neither place, and only
+    # the worker that received it still has it
+    with fleet(workers=0, redis_appendonly=True) as stack, TcpGate(stack.redis.port) as gate:
+        env = {**stack.env, "CELERY_BROKER_URL": f"redis://127.0.0.1:{gate.port}/0"}
+        worker = start_worker(env, tmp_path, name="w1", pool="prefork", concurrency=1)
+        stack.workers.append(worker)
+        job_id = f"t-{uuid.uuid4().hex[:12]}"
+        # the worker's first broker command naming the job is that unacked record
+        gate.arm(job_id)
+        stack.submit({"job_id": job_id, "task": "caption", "images": [put_scene(stack)]})
+        assert gate.matched.wait(30), "the worker never took the job"
+
+        stack.redis.restart(down_s=0.5)
+        broker = stack.redis.client(db=0)
+        assert broker.llen("vision") == 0 and broker.hlen("unacked") == 0  # only w1 has it
+        gate.release()
+
+        records = assert_invariant(stack, [job_id], timeout_s=60)
+        assert records[0]["status"] == "succeeded", records[0]
+        assert stack.model_calls() == 1
+        assert worker.proc.poll() is None
+        wait_until(
+            lambda: "put back on the queue" in worker.log(),
+            timeout_s=10,
+            what="the worker's log line on handing the job back",
+        )
+
+
 # --- 10. a 429 with retryDelay holds back the whole fleet --------------------------------------
 
 

@@ -49,6 +49,14 @@ def test_delivery_settings_of_reliability_md() -> None:
     assert conf["broker_transport_options"]["unacked_restore_throttle"] == 1
 
 
+def test_a_plain_redis_broker_gets_the_transport_that_puts_back_what_it_took() -> None:
+    conf = celery_config(Settings(celery_broker_url="redis://broker:6379/0"))
+    assert conf["broker_transport"] == "worker.broker_transport:Transport"
+    # TLS and Sentinel stay with kombu's own choice by scheme: naming a class would drop it
+    for url in ("rediss://broker:6380/0", "sentinel://broker:26379/0"):
+        assert "broker_transport" not in celery_config(Settings(celery_broker_url=url))
+
+
 def test_a_retry_cap_longer_than_the_visibility_timeout_is_refused() -> None:
     with pytest.raises(ValidationError, match="VISIBILITY_TIMEOUT"):
         Settings(

@@ -1,0 +1,121 @@
+"""kombu's Redis transport, with the one window in which it loses a message closed.
+
+kombu takes a message off its queue with BRPOP and records it as unacknowledged (the
+`unacked` hash that its visibility timeout restores from) in a second command. When Redis
+goes away between the two (a restart, a failover, a dropped connection) the message is in
+neither place: BRPOP removed it and the record was never written, so no restore brings it
+back, and the worker that received it drops it with the broken connection (kombu#305).
+
+`Transport` keeps such a message in the process that received it and pushes it back
+where BRPOP found it, as the next one out, as soon as Redis answers again (the reconnect's
+new channel, or the next poll). The job never reached the task, so nothing runs twice; if
+Redis did store the record and only its answer was lost, the job comes back twice, and a
+job is idempotent (RELIABILITY.md). What remains is a worker process killed between the two
+commands, a window of microseconds without a broker outage.
+
+Written here rather than taken from a library: no maintained transport closes this window
+for Celery on Redis, and a move into a processing list (BLMOVE) takes one source key where
+kombu waits on several (priorities, queues).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from kombu.transport import redis as kombu_redis
+from kombu.utils.json import dumps
+
+log = logging.getLogger(__name__)
+
+# (queue key, message) pairs taken off Redis whose unacked record could not be written.
+# Process-wide: the reconnect that returns them builds a new Transport.
+_held: list[tuple[str, dict[str, Any]]] = []
+_held_lock = threading.Lock()
+
+
+def _forget_in_child() -> None:
+    # a pool child forked while its parent held a message must not push it back too (a
+    # child opens channels to publish); the parent is the one that returns it
+    global _held_lock
+    _held.clear()
+    _held_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
+def held_count() -> int:
+    with _held_lock:
+        return len(_held)
+
+
+class Channel(kombu_redis.Channel):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # raises unless Redis answered a PING
+        self._return_held()
+
+    def _brpop_start(self, timeout: Any = None) -> None:
+        if _held:  # a bare read: the lock is for the hand-back itself
+            self._return_held()
+        super()._brpop_start(timeout)
+
+    def _brpop_read(self, **options: Any) -> Any:
+        # what `Transport._deliver` is handed from here was taken off a list by BRPOP
+        self.connection.reading_channel = self
+        try:
+            return super()._brpop_read(**options)
+        finally:
+            self.connection.reading_channel = None
+
+    def hold(self, message: dict[str, Any], queue: str) -> None:
+        priority = self._get_message_priority(message, reverse=False)
+        with _held_lock:
+            _held.append((self._q_for_pri(queue, priority), message))
+
+    def _return_held(self) -> None:
+        with _held_lock:
+            held = list(_held)
+            if not held:
+                return
+            try:
+                with self.conn_or_acquire() as client, client.pipeline() as pipe:
+                    for key, message in held:
+                        # RPUSH: the right end is where BRPOP takes from, so it is next
+                        pipe.rpush(key, dumps(message))
+                    pipe.execute()
+            except (*self.connection_errors, self.ResponseError):
+                log.warning(
+                    "could not yet put %d received message(s) back on the queue; will retry",
+                    len(held),
+                    exc_info=True,
+                )
+                return
+            del _held[: len(held)]
+        for _, message in held:
+            headers = message.get("headers") or {}
+            log.warning(
+                "a job taken off the queue as the broker went away was put back on the queue",
+                extra={"job_id": headers.get("id"), "task_name": headers.get("task")},
+            )
+
+
+class Transport(kombu_redis.Transport):
+    Channel = Channel
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reading_channel: Channel | None = None
+
+    def _deliver(self, message: Any, queue: Any) -> None:
+        channel = self.reading_channel
+        try:
+            super()._deliver(message, queue)
+        except self.connection_errors:
+            # the unacked record (or a later step) could not be written: the message
+            # is now only here
+            if channel is not None and isinstance(message, dict) and queue:
+                channel.hold(message, queue)
+            raise
