@@ -80,10 +80,12 @@ class BatchRunner:
     def _assemble(self, model: str) -> None:
         while True:
             waiting = self._store.pending_count(model)
+            if waiting == 0:
+                return
             oldest = self._store.oldest_pending_at(model)
             due = oldest is not None and time.time() - oldest >= self._max_wait_s
             size = self._batch_size(model)
-            if waiting == 0 or (waiting < size and not due):
+            if waiting < size and not due:
                 return
             record = self._store.take(model, size)
             if record is None:

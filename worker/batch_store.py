@@ -234,11 +234,11 @@ class BatchStore:
         return first.decode() if first is not None else None  # type: ignore[union-attr]
 
     def oldest_pending_at(self, model: str) -> float | None:
-        first = self._redis.lindex(f"{_PREFIX}pending:{model}", 0)
+        first = self.first_pending(model)
         if first is None:
             return None
-        queued = self._redis.hget(f"{_PREFIX}job:{first.decode()}", "queued_at")  # type: ignore[union-attr]
-        return float(queued) if queued else 0.0
+        queued = self._redis.hget(f"{_PREFIX}job:{first}", "queued_at")
+        return float(queued) if queued else 0.0  # type: ignore[arg-type]
 
     # --- batches ------------------------------------------------------------------------
 
@@ -457,11 +457,11 @@ class LocalBatchStore:
             return ids[0] if ids else None
 
     def oldest_pending_at(self, model: str) -> float | None:
+        first = self.first_pending(model)
+        if first is None:
+            return None
         with self._guard:
-            ids = self._pending.get(model) or []
-            if not ids:
-                return None
-            entry = self._jobs.get(ids[0])
+            entry = self._jobs.get(first)
             return float(entry["waiting"].queued_at) if entry is not None else 0.0
 
     def take(self, model: str, count: int) -> BatchRecord | None:

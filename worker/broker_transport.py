@@ -47,11 +47,6 @@ def _forget_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_in_child)
 
 
-def held_count() -> int:
-    with _held_lock:
-        return len(_held)
-
-
 class Channel(kombu_redis.Channel):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # raises unless Redis answered a PING
