@@ -46,13 +46,18 @@ from tasks.base import ImageSize
 from tasks.errors import InvalidImage, TooLarge
 from worker.records import ImageRecord
 
-# 70 MP: every common camera (64 MP phone sensors, 61 MP full-frame bodies) passes, and
-# it stays below Pillow's own bomb threshold (Image.MAX_IMAGE_PIXELS, 89,478,485), so for
-# most oversized images our check, with its clear message, is the one that fires. RGBA at
-# this size is 280 MB before any conversion copy; Gemini downsamples far below it anyway.
-# The effective limit is min(max_pixels, Image.MAX_IMAGE_PIXELS): above Pillow's threshold
-# its warning, made an error here, refuses the image at open.
+# 70 MP: every common camera (64 MP phone sensors, 61 MP full-frame bodies) passes. RGBA
+# at this size is 280 MB before any conversion copy; Gemini downsamples far below it
+# anyway. The limit is exactly ``max_pixels``, above or below Pillow's own bomb threshold
+# (see `raise_pillow_threshold`).
 DEFAULT_MAX_PIXELS: Final = 70_000_000
+
+# Pillow's bomb threshold is kept at no less than this many times the limit in use: our
+# check (`check_pixels`), with its clear message, speaks for any image up to that far past
+# the limit; Pillow's warning (an error here) from there, and its own error from twice
+# that, stay a second line above ours (a GIF frame or a TIFF tile larger than the header
+# says is checked by Pillow alone).
+PILLOW_THRESHOLD_HEADROOM: Final = 2
 
 # Re-encoding a rotated or CMYK JPEG costs one generation of loss; 95 keeps it invisible.
 JPEG_REENCODE_QUALITY: Final = 95
@@ -393,10 +398,14 @@ def prepare_image(
         warnings.simplefilter("always")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         prepared = _decode_and_prepare(
-            data, source_format, max_pixels, job_pixels_left, pixels_side_px, sent_side_px
+            data,
+            source_format,
+            max_pixels,
+            job_pixels_left,
+            pixels_side_px,
+            sent_side_px,
+            keep_pixels=keep_pixels,
         )
-    if not keep_pixels:
-        prepared = replace(prepared, upright=None)
     notes = tuple(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
     if notes:
         prepared = replace(prepared, decoder_warnings=notes)
@@ -410,6 +419,8 @@ def _decode_and_prepare(
     job_pixels_left: int | None,
     pixels_side_px: int | None = None,
     sent_side_px: int = 0,
+    *,
+    keep_pixels: bool = True,
 ) -> PreparedImage:
     im = _open_guarded(data, source_format, max_pixels, job_pixels_left)
     full_size = im.size
@@ -458,7 +469,8 @@ def _decode_and_prepare(
             source_format=source_format,
             converted=False,
             exif_orientation=orientation,
-            upright=_as_rgb_or_rgba(working),
+            # an RGB copy of a gray image is three times its pixels: only when kept
+            upright=_as_rgb_or_rgba(working) if keep_pixels else None,
         )
 
     icc_profile = im.info.get("icc_profile") if _same_colour_family(im.mode, target_mode) else None
@@ -484,7 +496,7 @@ def _decode_and_prepare(
         source_format=source_format,
         converted=True,
         exif_orientation=orientation,
-        upright=_as_rgb_or_rgba(converted),
+        upright=_as_rgb_or_rgba(converted) if keep_pixels else None,
         # drafted: what is sent is the smaller picture (and reduced further by the caller)
         sent_size_px=converted.size if drafted else None,
     )
@@ -512,14 +524,39 @@ def _draft(im: ImageFile.ImageFile, pixels_side_px: int, sent_side_px: int) -> N
     im.draft(im.mode, (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))))
 
 
+_pillow_threshold_lock = threading.Lock()
+
+
+def raise_pillow_threshold(max_pixels: int) -> None:
+    """Make Pillow's decompression-bomb threshold (``Image.MAX_IMAGE_PIXELS``) at least
+    `PILLOW_THRESHOLD_HEADROOM` times ``max_pixels``, so that a limit above Pillow's own
+    (89,478,485 as shipped) is not silently capped by it.
+
+    The threshold is process-global and read by every thread and every Pillow user in the
+    process, so it only ever goes up (under a lock), never down and never per call: a
+    smaller limit is our own check's to enforce, a larger one raises it once for good.
+    A threshold of None (someone turned Pillow's check off) is left alone.
+    """
+    wanted = PILLOW_THRESHOLD_HEADROOM * max_pixels
+    current = Image.MAX_IMAGE_PIXELS
+    if current is None or current >= wanted:
+        return  # the common case, without the lock
+    with _pillow_threshold_lock:
+        current = Image.MAX_IMAGE_PIXELS
+        if current is not None and current < wanted:
+            Image.MAX_IMAGE_PIXELS = wanted
+
+
 def _open_guarded(
     data: bytes, source_format: str, max_pixels: int, job_pixels_left: int | None = None
 ) -> ImageFile.ImageFile:
     """Read the header only, and refuse what is too large before any pixel is allocated."""
+    raise_pillow_threshold(max_pixels)
     try:
         im = Image.open(io.BytesIO(data), formats=[_PILLOW_DECODER[source_format]])
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise TooLarge(f"image too large: {exc}") from exc
+        # far past the limit (the threshold is at least twice it): Pillow's words
+        raise TooLarge(f"image too large: {exc}", max_pixels=max_pixels) from exc
     except MemoryError:
         raise
     except Exception as exc:
@@ -531,22 +568,20 @@ def _open_guarded(
 def check_pixels(
     size_px: tuple[int, int], source_format: str, max_pixels: int, job_pixels_left: int | None
 ) -> None:
-    """Refuse an image too large to decode (``max_pixels``, Pillow's own threshold) or to
-    fit what the job's pixel budget has left, from its header's size."""
+    """Refuse an image too large to decode (more than ``max_pixels``, GVW_MAX_IMAGE_PIXELS,
+    whatever Pillow's own threshold) or to fit what the job's pixel budget has left, from
+    its header's size."""
     width_px, height_px = size_px
     if width_px <= 0 or height_px <= 0:
         raise InvalidImage(f"{source_format} image has an empty size {width_px}x{height_px}")
     pixels = width_px * height_px
-    # Pillow's own threshold is read, never changed: it is process-global.
-    pillow_limit = Image.MAX_IMAGE_PIXELS
-    limit = max_pixels if pillow_limit is None else min(max_pixels, pillow_limit)
-    if pixels > limit:
+    if pixels > max_pixels:
         raise TooLarge(
             f"image too large: {width_px}x{height_px} px is {pixels} pixels,"
-            f" above the limit of {limit}",
+            f" above the limit of {max_pixels}",
             width_px=width_px,
             height_px=height_px,
-            max_pixels=limit,
+            max_pixels=max_pixels,
         )
     if job_pixels_left is not None and pixels > job_pixels_left:
         raise TooLarge(
@@ -590,13 +625,14 @@ def read_header(
     """
     if sniff_image_format(head) != "JPEG":
         return None
+    raise_pillow_threshold(max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the decode path reports them; nothing decodes here
             with Image.open(io.BytesIO(head), formats=["JPEG"]) as im:
                 facts = HeaderFacts("JPEG", im.mode, *im.size, _exif_orientation(im))
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise TooLarge(f"image too large: {exc}") from exc
+        raise TooLarge(f"image too large: {exc}", max_pixels=max_pixels) from exc
     except MemoryError:
         raise
     except Exception:

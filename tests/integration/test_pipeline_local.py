@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from tasks.errors import (
     InvalidImage,
@@ -23,6 +24,7 @@ from tasks.errors import (
     StorageUnavailable,
     TooLarge,
 )
+from tests.unit.test_images import one_colour_gray_png
 from worker.emulator.scenes import make_scene
 from worker.emulator.server import EmulatorServer
 from worker.failures import publish_error, publish_pending_record
@@ -200,6 +202,23 @@ def test_a_job_past_its_pixel_budget_is_too_large(emulator: EmulatorServer, root
     with pytest.raises(TooLarge, match="GVW_MAX_JOB_PIXELS"):
         run(parse_job({"job_id": "budget", "task": "compare", "images": [uri] * 3}), ports)
     assert calls(emulator) == before  # nothing asked: the refusal came first
+
+
+def test_gvw_max_image_pixels_is_the_limit_above_pillows_own_threshold(
+    emulator: EmulatorServer, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the worker may raise Pillow's process-global threshold: leave it as found
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+    uri = put(root, "big.png", one_colour_gray_png(10000, 9500))  # 95 MP, above Pillow's 89.5
+    job = {"task": "caption", "images": [uri]}
+    default_px = Settings.model_fields["gvw_max_image_pixels"].default
+    with pytest.raises(TooLarge, match=f"95000000 pixels, above the limit of {default_px}$"):
+        run(parse_job({"job_id": "big-default", **job}), local_ports(emulator, root))
+    ports = local_ports(emulator, root, gvw_max_image_pixels=100_000_000)
+    assert run(parse_job({"job_id": "big-raised", **job}), ports).status == "succeeded"
+    record = record_of(root, "big-raised")
+    assert isinstance(record, ResultRecord)
+    assert (record.images[0].width, record.images[0].height) == (10000, 9500)
 
 
 def test_a_failure_storage_refuses_is_kept_and_written_later(

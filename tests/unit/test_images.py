@@ -92,18 +92,49 @@ def png_header_only(width_px: int, height_px: int) -> bytes:
 def one_colour_bilevel_png(width_px: int, height_px: int) -> bytes:
     """A real, complete PNG of one colour, compressed by streaming rows: a few kB that
     decode to width*height pixels (a decompression bomb)."""
-    row = b"\x00" + b"\x00" * ((width_px + 7) // 8)  # filter byte + 1-bit pixels
+    return _one_colour_png(width_px, height_px, bit_depth=1)
+
+
+def one_colour_gray_png(width_px: int, height_px: int) -> bytes:
+    """A real, complete 8-bit gray PNG of one colour, compressed by streaming rows: under
+    100 kB for 95 MP, and width*height bytes once decoded (mode L, sent as it is)."""
+    return _one_colour_png(width_px, height_px, bit_depth=8)
+
+
+def _one_colour_png(width_px: int, height_px: int, *, bit_depth: int) -> bytes:
+    pixels = b"\x00" * ((width_px + 7) // 8) if bit_depth == 1 else b"\x80" * width_px
+    row = b"\x00" + pixels  # filter byte + the row's pixels
     compressor = zlib.compressobj(9)
     chunks = [compressor.compress(row * 500) for _ in range(height_px // 500)]
     chunks.append(compressor.compress(row * (height_px % 500)))
     chunks.append(compressor.flush())
-    ihdr = struct.pack(">IIBBBBB", width_px, height_px, 1, 0, 0, 0, 0)  # 1-bit gray
+    ihdr = struct.pack(">IIBBBBB", width_px, height_px, bit_depth, 0, 0, 0, 0)  # gray
     return (
         b"\x89PNG\r\n\x1a\n"
         + png_chunk(b"IHDR", ihdr)
         + png_chunk(b"IDAT", b"".join(chunks))
         + png_chunk(b"IEND", b"")
     )
+
+
+def jpeg_claiming(width_px: int, height_px: int) -> bytes:
+    """A small real JPEG whose frame header (SOF0) claims another size: what a header
+    read sees of a huge photo, for the cost of a tiny one."""
+    data = bytearray(encode(Image.new("RGB", (16, 16)), "JPEG"))
+    sof = data.index(b"\xff\xc0")  # marker, length (2), precision (1), height, width
+    struct.pack_into(">HH", data, sof + 5, height_px, width_px)
+    return bytes(data)
+
+
+PILLOW_DEFAULT_THRESHOLD = 89_478_485  # Image.MAX_IMAGE_PIXELS as Pillow ships it
+
+
+@pytest.fixture(autouse=True)
+def pillow_threshold_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """prepare_image may raise Pillow's process-global bomb threshold (a limit above it),
+    and earlier tests of this process did: each test starts from Pillow's shipped value,
+    and leaves the threshold as it found it."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", PILLOW_DEFAULT_THRESHOLD)
 
 
 def decode(data: bytes) -> Image.Image:
@@ -553,12 +584,108 @@ def test_bomb_is_refused_without_allocating_its_pixels(tmp_path: Path) -> None:
     assert float(fields["elapsed_s"]) < 1.0
 
 
-def test_prepare_image_leaves_pillow_limits_alone() -> None:
-    before = Image.MAX_IMAGE_PIXELS
-    with pytest.raises(TooLarge):
-        prepare_image(png_header_only(20000, 20000))
-    prepare_image(encode(marked_image(), "PNG"), max_pixels=10**12)
-    assert before == Image.MAX_IMAGE_PIXELS
+# ---- GVW_MAX_IMAGE_PIXELS is the limit both ways, whatever Pillow's own threshold --------
+
+
+def test_pillow_ships_the_threshold_these_tests_are_about() -> None:
+    # read in a fresh process: this one's may have been raised by earlier tests
+    shipped = subprocess.run(
+        [sys.executable, "-c", "from PIL import Image; print(Image.MAX_IMAGE_PIXELS)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert int(shipped) == PILLOW_DEFAULT_THRESHOLD
+
+
+def test_a_limit_above_pillows_threshold_lets_a_95_megapixel_image_through() -> None:
+    data = one_colour_gray_png(10000, 9500)  # 95,000,000 px: above Pillow's 89,478,485
+    prepared = prepare_image(data, max_pixels=100_000_000, keep_pixels=False)
+    assert (prepared.width_px, prepared.height_px) == (10000, 9500)
+    assert prepared.data is data and not prepared.converted
+    assert prepared.decoder_warnings == ()  # no DecompressionBombWarning either
+
+
+@pytest.mark.parametrize(
+    ("width_px", "height_px", "max_pixels"),
+    [
+        pytest.param(12000, 12000, 150_000_000, id="144-MP-above-pillows-warning"),
+        pytest.param(20000, 10000, 250_000_000, id="200-MP-above-pillows-error"),
+    ],
+)
+def test_a_raised_limit_is_the_only_size_check(
+    width_px: int, height_px: int, max_pixels: int
+) -> None:
+    # a header with no pixels behind it: past every size check it fails as what it is,
+    # a truncated file, and not as too large
+    with pytest.raises(InvalidImage, match="cannot decode PNG"):
+        prepare_image(png_header_only(width_px, height_px), max_pixels=max_pixels)
+
+
+def test_a_large_gray_image_only_sent_costs_its_own_pixels(tmp_path: Path) -> None:
+    # 95 MP of gray is 95 MB decoded; an RGB copy nobody keeps would be 285 MB more. Run
+    # in a fresh interpreter so its peak resident memory tells what was allocated.
+    image = tmp_path / "gray.png"
+    image.write_bytes(one_colour_gray_png(10000, 9500))
+    script = textwrap.dedent(
+        f"""
+        import resource
+        from worker.images import prepare_image
+        data = open({str(image)!r}, "rb").read()
+        before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        prepared = prepare_image(data, max_pixels=100_000_000, keep_pixels=False)
+        grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before_kb
+        print(prepared.width_px, prepared.height_px, grown_kb)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    width_px, height_px, grown_kb = map(int, done.stdout.split())
+    assert (width_px, height_px) == (10000, 9500)
+    assert grown_kb < 150_000, done.stdout  # the pixels: 95,000 kB
+
+
+def test_with_the_default_limit_a_95_megapixel_image_is_too_large_in_our_words() -> None:
+    # above Pillow's threshold too: its warning must not speak first
+    with pytest.raises(TooLarge) as caught:
+        prepare_image(png_header_only(10000, 9500))
+    assert str(caught.value) == (
+        "image too large: 10000x9500 px is 95000000 pixels,"
+        f" above the limit of {DEFAULT_MAX_PIXELS}"
+    )
+    assert caught.value.code == "too_large"
+    assert caught.value.details["max_pixels"] == DEFAULT_MAX_PIXELS
+
+
+def test_a_limit_below_pillows_threshold_still_refuses_what_is_above_it() -> None:
+    with pytest.raises(TooLarge, match="above the limit of 50000000") as caught:
+        prepare_image(png_header_only(8000, 7000), max_pixels=50_000_000)  # 56 MP
+    assert caught.value.details["max_pixels"] == 50_000_000
+
+
+def test_a_jpeg_header_is_judged_by_the_same_limit() -> None:
+    # GVW_TRANSPORT=url: the header read decides alone whether Gemini gets a URL
+    huge = jpeg_claiming(12000, 12000)  # 144 MP
+    facts = read_header(huge, max_pixels=150_000_000)
+    assert facts is not None and (facts.width_px, facts.height_px) == (12000, 12000)
+    with pytest.raises(TooLarge, match=f"above the limit of {DEFAULT_MAX_PIXELS}$"):
+        read_header(huge)
+
+
+def test_pillows_threshold_is_raised_to_the_limit_in_use_and_never_lowered() -> None:
+    small = encode(marked_image(), "PNG")
+    prepare_image(small, max_pixels=1_000_000)
+    assert Image.MAX_IMAGE_PIXELS == PILLOW_DEFAULT_THRESHOLD  # never lowered
+    prepare_image(small, max_pixels=150_000_000)
+    raised = Image.MAX_IMAGE_PIXELS
+    assert raised is not None and raised >= 150_000_000
+    prepare_image(small)  # the default limit after a larger one: nothing moves back
+    assert raised == Image.MAX_IMAGE_PIXELS
 
 
 def test_decoder_warnings_are_recorded_not_raised() -> None:

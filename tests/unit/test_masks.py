@@ -530,6 +530,28 @@ def test_real_seg_token_masks_are_unsupported(gemini_real: Path) -> None:
             decode_mask(item["mask"], (0, 0, 10, 10), 100, 100)
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(
+            data_uri(unfiltered_png(np.zeros((2, 2), np.uint8), header=(4096, 4096))),
+            id="plain-gray-read-without-pillow",
+        ),
+        pytest.param(
+            data_uri(png_bytes(np.zeros((2049, 2049, 3), np.uint8))), id="rgb-read-by-pillow"
+        ),
+    ],
+)
+def test_a_raised_pillow_threshold_leaves_the_mask_cap_in_place(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    # a worker whose GVW_MAX_IMAGE_PIXELS is far above Pillow's threshold raises it for the
+    # whole process (worker.images.raise_pillow_threshold); a mask keeps its own cap
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10**12)
+    with pytest.raises(UnsupportedMask, match="over the cap of 4,194,304 pixels"):
+        decode_mask(value, (0, 0, 10, 10), 100, 100)
+
+
 def test_decompression_bomb_warning_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     # a 100x100 map against a bomb threshold lowered to 6,000 pixels: Pillow warns (it
     # errors only beyond twice the threshold), and the warning must refuse the mask
