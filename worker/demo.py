@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import textwrap
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from PIL import Image
 
@@ -27,6 +30,13 @@ _SCHEMA = {
     "required": ["shape_count", "colours"],
 }
 _SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".gif", ".bmp", ".tif", ".tiff"}
+
+# Narrower than this, a table of four columns shows too little of any answer to be worth
+# it: the terminal wraps its lines instead.
+MIN_TABLE_WIDTH_CHARS: Final = 60
+# The answer gives way first, down to this; only then do the other columns.
+_MIN_ANSWER_CHARS: Final = 16
+_COLUMN_GAP: Final = "  "
 
 
 def run_demo(*, workdir: str, images_dir: str | None, model: str | None) -> int:
@@ -144,8 +154,6 @@ def _run(
         records = _wait_all(jobs, results, timeout_s=300)
         elapsed = time.monotonic() - started
     _print_table(records, root)
-    if any(r.get("mode") == "batch" for r in records):
-        print("* answered through the Gemini Batch API, at the batch price")
     failed = [r for r in records if r.get("status") != "succeeded"]
     print(f"\n{len(records) - len(failed)} succeeded, {len(failed)} failed in {elapsed:.1f} s")
     return 1 if failed else 0
@@ -190,7 +198,10 @@ def _shown(path: Path) -> str:
 
 
 def _print_table(records: list[dict[str, Any]], root: Path) -> None:
-    rows = [("job", "task", "status", "answer", "files")]
+    """The jobs' answers as a table as wide as the terminal, then where their files are:
+    a path is never cut, so paths are not in the table."""
+    rows = [("job", "task", "status", "answer")]
+    overlays: list[str] = []
     for record in records:
         rows.append(
             (
@@ -198,17 +209,78 @@ def _print_table(records: list[dict[str, Any]], root: Path) -> None:
                 (record.get("task") or "") + ("*" if record.get("mode") == "batch" else ""),
                 record.get("status", ""),
                 _answer(record),
-                _files(record, root),
             )
         )
-    widths = [
-        min(max(len(row[i]) for row in rows), cap) for i, cap in enumerate((24, 9, 9, 56, 200))
-    ]
-    for index, row in enumerate(rows):
-        cells = [cell[: widths[i]].ljust(widths[i]) for i, cell in enumerate(row)]
-        print("  ".join(cells).rstrip())
+        overlay = (record.get("artifacts") or {}).get("overlay")
+        if overlay:
+            overlays.append(_shown(Path(overlay.removeprefix("file://"))))
+    for line in render_table(rows, terminal_width_chars(), ellipsis=_ellipsis()):
+        print(line)
+    if any(r.get("mode") == "batch" for r in records):
+        print("* answered through the Gemini Batch API, at the batch price")
+    records_at = Path(_shown(root / "results")) / "<job>" / "result.json"
+    print(f"\nrecords: {records_at} (or error.json)")
+    if overlays:
+        print("overlays:")
+        for path in overlays:
+            print(path)  # whole, and alone on its line: to copy, or to click
+
+
+def terminal_width_chars() -> int:
+    """The terminal's width in characters (``COLUMNS`` first, then the terminal itself,
+    80 when there is none), at least `MIN_TABLE_WIDTH_CHARS`."""
+    return max(MIN_TABLE_WIDTH_CHARS, shutil.get_terminal_size().columns)
+
+
+def render_table(rows: Sequence[Sequence[str]], width: int, *, ellipsis: str = "…") -> list[str]:
+    """``rows`` (the first is the header) as aligned columns, a rule under the header, in
+    lines of at most ``width`` characters.
+
+    The last column (the answer) gives way first, down to a few words; then the widest
+    of the others. A cell too long for its column is cut at a word boundary, with
+    ``ellipsis`` in place of what is left out: never inside a word (a word longer than
+    the whole column is left out entirely).
+    """
+    cells = [[" ".join(str(cell).split()) for cell in row] for row in rows]
+    count = len(cells[0])
+    gaps = len(_COLUMN_GAP) * (count - 1)
+    least = max(1, len(ellipsis))
+    if width < gaps + least * count:
+        raise ValueError(f"a table of {count} columns needs {gaps + least * count} characters")
+    widths = [max(len(row[i]) for row in cells) for i in range(count)]
+    excess = sum(widths) + gaps - width
+    last = count - 1
+    if excess > 0:
+        give = min(excess, max(0, widths[last] - max(_MIN_ANSWER_CHARS, least)))
+        widths[last] -= give
+        excess -= give
+    while excess > 0:
+        widest = max(range(count), key=lambda i: (widths[i], i == last))
+        widths[widest] -= 1
+        excess -= 1
+    lines = []
+    for index, row in enumerate(cells):
+        shown = [_fit(cell, widths[i], ellipsis).ljust(widths[i]) for i, cell in enumerate(row)]
+        lines.append(_COLUMN_GAP.join(shown).rstrip())
         if index == 0:
-            print("  ".join("-" * w for w in widths))
+            lines.append(_COLUMN_GAP.join("-" * w for w in widths))
+    return lines
+
+
+def _fit(cell: str, width: int, ellipsis: str) -> str:
+    if len(cell) <= width:
+        return cell
+    # whole words only: a hyphen is not a place to cut (a "blue-" would read as a word)
+    return textwrap.shorten(cell, width, placeholder=ellipsis, break_on_hyphens=False)
+
+
+def _ellipsis() -> str:
+    """The ellipsis standard output can print: "…", or "..." on an ASCII console."""
+    try:
+        "…".encode(sys.stdout.encoding or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return "..."
+    return "…"
 
 
 def _answer(record: dict[str, Any]) -> str:
@@ -225,14 +297,6 @@ def _answer(record: dict[str, Any]) -> str:
             o["label"] for o in output["objects"]
         )
     return json.dumps(output.get("data", output), ensure_ascii=False)
-
-
-def _files(record: dict[str, Any], root: Path) -> str:
-    paths = [record.get("_path", "")]
-    overlay = (record.get("artifacts") or {}).get("overlay")
-    if overlay:
-        paths.append(overlay.removeprefix("file://"))
-    return " ".join(os.path.relpath(p, Path.cwd()) if p else "" for p in paths)
 
 
 # --- the jobs ------------------------------------------------------------------------------------
