@@ -32,7 +32,7 @@ its boundary, always ``raise ... from exc``.
         └── RecordNotWritten         internal           (failed for good, but storage did
                                                          not take error.json: written later)
 
-Each class carries its stable ``code`` (CONTRACT.md's error codes) so the task decides
+Each class carries its stable ``code`` (docs/contract.md's error codes) so the task decides
 retry or failure from the type alone. Instances pickle cleanly (they cross Celery).
 """
 

@@ -10,7 +10,7 @@ back, and the worker that received it drops it with the broken connection (kombu
 where BRPOP found it, as the next one out, as soon as Redis answers again (the reconnect's
 new channel, or the next poll). The job never reached the task, so nothing runs twice; if
 Redis did store the record and only its answer was lost, the job comes back twice, and a
-job is idempotent (RELIABILITY.md). What remains is a worker process killed between the two
+job is idempotent (docs/reliability.md). What remains is a worker process killed between the two
 commands, a window of microseconds without a broker outage.
 
 Written here rather than taken from a library: no maintained transport closes this window

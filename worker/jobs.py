@@ -1,4 +1,4 @@
-"""The job of CONTRACT.md (schema version 1), validated.
+"""The job of docs/contract.md (schema version 1), validated.
 
 A job is untrusted input from any producer: unknown fields and wrong types are refused
 with a message naming the field, never coerced or ignored.

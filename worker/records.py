@@ -17,7 +17,7 @@ it has a size limit enforced here, before it costs storage or Redis memory:
 
 Records are typed (`ResultRecord`, `ErrorRecord`), written by the pipeline and read by
 every reader (`read_record`: the client, the CLI, the demo), and their JSON is what
-CONTRACT.md describes: the models keep the contract's field order, and read records of
+docs/contract.md describes: the models keep the contract's field order, and read records of
 every earlier version.
 """
 
@@ -224,7 +224,7 @@ class ReusedAnswer(RecordModel):
 
 
 class ResultRecord(RecordModel):
-    """result.json (CONTRACT.md "Results")."""
+    """result.json (docs/contract.md, "Results")."""
 
     schema_version: int = SCHEMA_VERSION
     job_id: str
@@ -261,7 +261,7 @@ class ErrorDetail(RecordModel):
 
 
 class ErrorRecord(RecordModel):
-    """error.json (CONTRACT.md "Results")."""
+    """error.json (docs/contract.md, "Results")."""
 
     schema_version: int = SCHEMA_VERSION
     job_id: str

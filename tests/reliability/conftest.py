@@ -1,4 +1,4 @@
-"""Failure scenarios of RELIABILITY.md: real processes on loopback, short timeouts.
+"""Failure scenarios of docs/reliability.md: real processes on loopback, short timeouts.
 
 Each test starts its own stack (redis-server on a free port, moto's S3 server, the Gemini
 emulator, `celery worker` subprocesses in their own process groups) through `fleet()`,

@@ -1,4 +1,4 @@
-"""Scenarios 1-3 of RELIABILITY.md: duplicates and killed workers."""
+"""Scenarios 1-3 of docs/reliability.md: duplicates and killed workers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Scenarios 15-18 of RELIABILITY.md: what a job or a model hands the worker is hostile.
+"""Scenarios 15-18 of docs/reliability.md: what a job or a model hands the worker is hostile.
 
 15. Decompression bomb, truncated image, zero bytes, PDF named `.png` -> `invalid_image`
     or `too_large`, no retry, low memory.

@@ -1,4 +1,4 @@
-"""Scenarios 12-14 of RELIABILITY.md: Gemini fails, limits, or answers nonsense.
+"""Scenarios 12-14 of docs/reliability.md: Gemini fails, limits, or answers nonsense.
 
 12. 500/503 then success -> success with bounded, growing, jittered delays.
 13. Global limit R per minute across 4 workers -> the emulator never sees more than R in a

@@ -1,4 +1,4 @@
-"""Scenarios 4-11 of RELIABILITY.md: kills around the commit, long runs, shutdowns, crash
+"""Scenarios 4-11 of docs/reliability.md: kills around the commit, long runs, shutdowns, crash
 loops, time limits, a Redis restart, and Gemini's two kinds of 429.
 
 Real processes on loopback (see conftest.py). Where a worker must be stopped at an exact

@@ -1,4 +1,4 @@
-"""Scenarios 19 and 20 of RELIABILITY.md: the stores around the worker fail.
+"""Scenarios 19 and 20 of docs/reliability.md: the stores around the worker fail.
 
 19. Expired File API URI (403) -> uploaded again once, the job succeeds.
 20. S3 write failures injected -> retried; the invariant still holds.

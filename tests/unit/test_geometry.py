@@ -68,7 +68,7 @@ def test_normalize_box_2d_rejects_with_a_reason(raw: object, reason: str) -> Non
         pytest.param((500, 500, 1000, 1000), 640, 482, (320, 241, 640, 482), id="lower-right"),
         # 250*0.482=120.5 and 750*0.482=361.5: halves round up
         pytest.param((250, 0, 750, 1000), 640, 482, (0, 121, 640, 362), id="halves-round-up"),
-        # CONTRACT.md's example on 4032x3024
+        # docs/contract.md's example on 4032x3024
         pytest.param((384, 65, 562, 203), 4032, 3024, (262, 1161, 818, 1699), id="contract"),
         # 501*0.482=241.482 rounds to 241 = y0: a sliver still covers one pixel
         pytest.param((500, 500, 501, 501), 640, 482, (320, 241, 321, 242), id="sliver-1px"),

@@ -1,4 +1,4 @@
-"""The deployment files say what RELIABILITY.md asks of a deployment.
+"""The deployment files say what docs/reliability.md asks of a deployment.
 
 No Docker, Kubernetes or Terraform here: the files are parsed (PyYAML, python-hcl2) and
 the settings the worker's guarantees rest on are checked where they are configured. The
@@ -7,6 +7,7 @@ compose file is also validated by `docker-compose config` in scripts/test.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import shlex
@@ -24,7 +25,7 @@ COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "infra" / "Dockerfile"
 BRIDGE_RULES = ROOT / "infra" / "bridge-rules.json"
 
-QUEUE = "vision"  # CONTRACT.md: the Celery queue, a Redis list of that name
+QUEUE = "vision"  # docs/contract.md: the Celery queue, a Redis list of that name
 # a file in infra/k8s that is an alternative to a listed one, not part of the default set
 K8S_ALTERNATIVES = {"bridge-sqs.yaml": "bridge-webhook.yaml"}
 
@@ -397,3 +398,53 @@ def test_the_package_carries_its_license_and_type_hints() -> None:
     assert "Apache License" in (root / "LICENSE").read_text()
     assert (root / "worker" / "py.typed").exists() and (root / "tasks" / "py.typed").exists()
     assert not any("opencv" in dep for dep in project["dependencies"])
+
+
+def _build_stage_copies() -> set[str]:
+    """What the Dockerfile's build stage (the one that builds the wheel) copies from the
+    build context: the sources of its COPY lines (not what one copies from a stage)."""
+    copied: set[str] = set()
+    stages = 0
+    for line in DOCKERFILE.read_text().splitlines():
+        if not line.startswith(("FROM ", "COPY ")):
+            continue  # instructions only: a continued RUN line is not shell words
+        words = shlex.split(line)
+        if words[0] == "FROM":
+            stages += 1
+        elif stages == 1:
+            if any(w.startswith("--from") for w in words):
+                continue
+            sources = [w for w in words[1:] if not w.startswith("--")][:-1]  # not the target
+            copied |= {w.rstrip("/").removeprefix("./") for w in sources}
+    return copied
+
+
+def _dockerignore_keeps(name: str) -> bool:
+    """Whether infra/Dockerfile.dockerignore lets a top-level file into the build context
+    (the last pattern that matches decides; `!` lets it in)."""
+    kept = True
+    for raw in (ROOT / "infra" / "Dockerfile.dockerignore").read_text().splitlines():
+        pattern = raw.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negated = pattern.startswith("!")
+        pattern = pattern.removeprefix("!").rstrip("/")
+        if fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(name, pattern.removeprefix("**/")):
+            kept = negated
+    return kept
+
+
+def test_the_image_builds_with_every_file_the_package_declares() -> None:
+    # setuptools warns that a build missing a `license-files` file will fail from February
+    # 2027; the readme is the package's long description
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    needed = [*project.get("license-files", []), project["readme"]]
+    copied = _build_stage_copies()
+    assert {"pyproject.toml", "tasks", "worker"} <= copied, copied
+    for name in needed:
+        assert (ROOT / name).is_file(), name
+        assert name in copied, f"infra/Dockerfile's build stage does not copy {name}"
+        assert _dockerignore_keeps(name), f"infra/Dockerfile.dockerignore leaves out {name}"
+    assert not _dockerignore_keeps(".venv") and not _dockerignore_keeps(".git")
