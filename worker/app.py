@@ -1,6 +1,6 @@
 """The Celery app, its reliability settings, and the thin `vision.analyze` task.
 
-Settings follow RELIABILITY.md: delivery is at-least-once and a job may run twice at the
+Settings follow docs/reliability.md: delivery is at-least-once and a job may run twice at the
 same time, so the task is idempotent (result.json is a conditional create) and every
 setting below makes a lost or failed delivery come back rather than vanish.
 """
@@ -65,7 +65,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
     config: dict[str, Any] = {
         "broker_url": settings.celery_broker_url,
+        # results live in storage: no result backend unless CELERY_RESULT_BACKEND names
+        # one (then task states are kept there too, for those who read them)
         "result_backend": settings.celery_result_backend,
+        "task_ignore_result": settings.celery_result_backend is None,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": transport_options,
         "result_backend_transport_options": {"visibility_timeout": visibility_timeout_s},

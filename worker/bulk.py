@@ -12,18 +12,81 @@ import json
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from tasks.errors import GvwError, InputNotAllowed
 from tasks.model_families import family_of, thinking_for
 from tasks.pricing import PriceTable, expected_output_tokens
 from tasks.tokens import estimate_image_tokens
 from worker.client import VisionClient
 from worker.progress import Progress
+from worker.settings import Settings
 from worker.storage import ObjectInfo
+from worker.storage.uris import is_within, parse_prefix, parse_uri
 
 _SLUG_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+# the endings of the image types the worker reads (worker.images types them by their
+# bytes; a listing has only names): what `gvw enqueue-prefix` takes unless told otherwise
+IMAGE_SUFFIXES: tuple[str, ...] = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".webp",
+    ".heic",
+    ".heif",
+    ".gif",
+    ".bmp",
+    ".tif",
+    ".tiff",
+)
+
+
+def check_prefix(prefix: str, settings: Settings) -> str:
+    """The prefix to list, parsed, or the error every one of its jobs would meet: a
+    prefix no GVW_ALLOWED_INPUTS entry reaches is ``input_not_allowed`` before a single
+    object is listed (the operator running a backfill has the fleet's settings)."""
+    parsed = parse_prefix(prefix)
+    allowed = [parse_prefix(p) for p in settings.allowed_input_prefixes]
+    if not any(is_within(parsed, entry) or is_within(entry, parsed) for entry in allowed):
+        raise InputNotAllowed(
+            f"{prefix} is outside the inputs the workers may read (GVW_ALLOWED_INPUTS: "
+            f"{', '.join(settings.allowed_input_prefixes) or 'none'})"
+        )
+    return parsed.text
+
+
+def job_objects(
+    objects: Iterable[ObjectInfo],
+    *,
+    suffixes: tuple[str, ...],
+    results_folder: str | None = None,
+    allowed_inputs: tuple[str, ...] = (),
+    unusable: list[str] | None = None,
+) -> Iterator[ObjectInfo]:
+    """The listed objects a job is made for: keys with one of ``suffixes`` (all when
+    empty), outside the results folder (a prefix holding it would otherwise send its own
+    records as images), inside ``allowed_inputs`` where given. A key no job may name
+    (``..`` segments, say: the worker would refuse it) is left out, and its URI added
+    to ``unusable``, rather than refusing the whole run."""
+    results = parse_prefix(results_folder.rstrip("/") + "/") if results_folder else None
+    allowed = [parse_prefix(p) for p in allowed_inputs]
+    for obj in objects:
+        if suffixes and not obj.uri.lower().endswith(suffixes):
+            continue
+        try:
+            parsed = parse_uri(obj.uri, role="input")
+        except GvwError:
+            if unusable is not None:
+                unusable.append(obj.uri)
+            continue
+        if results is not None and is_within(parsed, results):
+            continue
+        if allowed and not any(is_within(parsed, entry) for entry in allowed):
+            continue
+        yield obj
 
 
 def deterministic_job_id(uri: str, version: str, template: Mapping[str, Any]) -> str:
@@ -210,6 +273,7 @@ class PrefixEstimate:
     sample of its objects (their pixel sizes set the image tokens)."""
 
     objects: int = 0
+    already_done: int = 0  # objects whose job is committed already: a run skips them
     total_bytes: int = 0
     sampled: int = 0
     unreadable: int = 0  # sampled objects whose header gave no size (not images, cut)
@@ -237,9 +301,10 @@ class PrefixEstimate:
             if self.usd_interactive is not None and self.usd_batch is not None
             else f"no price for {self.model} in the price table (GVW_PRICES_FILE)"
         )
+        done = f" ({self.already_done:,} more are done already)" if self.already_done else ""
         return [
             f"dry run: {self.objects:,} images ({self.total_bytes / 1e9:,.2f} GB) would be "
-            f"enqueued for {self.model}; nothing was submitted",
+            f"enqueued for {self.model}{done}; nothing was submitted",
             f"tokens: about {self.input_tokens:,} in ({self.image_tokens_per_job:,.0f} image "
             f"tokens a job, from the headers of {self.sampled} sampled objects"
             + (f", {self.unreadable} without a readable size" if self.unreadable else "")

@@ -14,12 +14,82 @@ from typing import Any
 
 from tasks.errors import GvwError
 from worker.bridge.cli import add_bridge_parser, run_bridge
+from worker.bulk import IMAGE_SUFFIXES
+from worker.emulator.options import add_emulator_arguments
 from worker.producer import BrokerUnavailable
+from worker.settings import SettingsInvalid
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the job failed, or there is no record yet
-EXIT_USAGE = 2
+EXIT_USAGE = 2  # a bad flag, flag value or setting
 EXIT_UNKNOWN = 3  # `gvw status`: no record, not queued, not running
+
+
+class UsageError(ValueError):
+    """A flag's value cannot be used: the message names the flag and what is wrong."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed: at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not allowed: more than 0 seconds")
+    return value
+
+
+def _add_job_arguments(parser: argparse.ArgumentParser, *, for_each: str) -> None:
+    """The flags that shape a job, shared by `submit` and `enqueue-prefix`."""
+    parser.add_argument(
+        "--prompt",
+        metavar="TEXT",
+        help="vqa: the question; custom: the instruction; detect/segment: what to find; "
+        "caption/compare: optional",
+    )
+    parser.add_argument(
+        "--label",
+        action="append",
+        dest="labels",
+        metavar="L",
+        help="classify: a candidate label (repeat the flag)",
+    )
+    parser.add_argument(
+        "--output",
+        metavar="URI",
+        help="results folder (default GVW_RESULTS_URI): records go to URI/JOB_ID/",
+    )
+    parser.add_argument("--model", metavar="M", help="Gemini model (default GVW_MODEL)")
+    parser.add_argument(
+        "--schema",
+        metavar="JSON",
+        help="custom only: a JSON Schema for the answer (inline JSON, or @file.json)",
+    )
+    parser.add_argument(
+        "--options",
+        dest="options_json",
+        metavar="JSON",
+        help=f'{for_each} options, e.g. \'{{"media_resolution": "low", '
+        '"max_output_tokens": 200}\' (max_items, mask_threshold, thinking_budget, '
+        "temperature, max_output_tokens, overlay, fresh, media_resolution, mode)",
+    )
+    parser.add_argument(
+        "--batch",
+        action="store_true",
+        help="answer through the Gemini Batch API: about half the price, within a day "
+        "(options.mode batch; the workers group the requests into batch jobs)",
+    )
+
 
 _EPILOG = """\
 examples:
@@ -37,6 +107,13 @@ examples:
 
 configuration comes from the environment (GEMINI_API_KEY, GEMINI_BASE_URL,
 CELERY_BROKER_URL, GVW_REDIS_URL, GVW_RESULTS_URI, GVW_ALLOWED_INPUTS, ...): see README.md.
+
+exit status:
+  0  success
+  1  the job failed, a check failed, or the command could not do its work (one line on
+     stderr says why)
+  2  usage: a bad flag or flag value, or a setting in the environment that cannot be used
+  3  `gvw status`: no job of that id is known (no record, not queued, not running)
 """
 
 
@@ -72,24 +149,20 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument(
         "images", metavar="URI", nargs="+", help="s3://bucket/key (or allowed file://)"
     )
-    submit.add_argument("--prompt", help="question, instruction, or what to find")
+    _add_job_arguments(submit, for_each="the job's")
     submit.add_argument(
-        "--label",
-        action="append",
-        dest="labels",
-        metavar="L",
-        help="a candidate label for classify (repeat the flag)",
+        "--job-id",
+        metavar="ID",
+        help="idempotency key ([A-Za-z0-9][A-Za-z0-9._-]{0,127}); generated when absent",
     )
-    submit.add_argument("--job-id", help="idempotency key; generated when absent")
-    submit.add_argument("--output", metavar="URI", help="results base (default GVW_RESULTS_URI)")
-    submit.add_argument("--model", metavar="M", help="Gemini model (default GVW_MODEL)")
     submit.add_argument(
-        "--schema", metavar="JSON", help="custom only: a JSON Schema (inline JSON or @file.json)"
+        "--wait",
+        action="store_true",
+        help="wait for the job's record and print it (exit 1 when the job failed)",
     )
-    submit.add_argument("--wait", action="store_true", help="wait for the result and print it")
     submit.add_argument(
         "--timeout",
-        type=float,
+        type=_positive_float,
         default=600.0,
         metavar="S",
         help="with --wait: give up after S seconds (default 600)",
@@ -104,30 +177,20 @@ def build_parser() -> argparse.ArgumentParser:
         "skips what is already committed.",
     )
     bulk.add_argument("prefix", metavar="PREFIX", help="s3://bucket/prefix (or allowed file://)")
-    bulk.add_argument("--task", required=True, help="the task for every object")
+    bulk.add_argument(
+        "--task",
+        required=True,
+        metavar="TASK",
+        help="the task for every object: caption | vqa | classify | detect | segment | custom",
+    )
     bulk.add_argument(
         "--suffix",
         default="",
         metavar=".jpg,.png",
-        help="only keys ending with one of these (comma-separated, any case)",
+        help="only keys ending with one of these (comma-separated, any case; default: the "
+        "image types the worker reads, " + ",".join(IMAGE_SUFFIXES) + "; * for every key)",
     )
-    bulk.add_argument("--prompt")
-    bulk.add_argument("--label", action="append", dest="labels", metavar="L")
-    bulk.add_argument("--output", metavar="URI")
-    bulk.add_argument("--model", metavar="M")
-    bulk.add_argument("--schema", metavar="JSON", help="custom only: inline JSON or @file.json")
-    bulk.add_argument(
-        "--options",
-        dest="options_json",
-        metavar="JSON",
-        help='the jobs\' options, e.g. \'{"media_resolution": "low", "max_output_tokens": 200}\'',
-    )
-    bulk.add_argument(
-        "--batch",
-        action="store_true",
-        help="answer through the Gemini Batch API: about half the price, within a day "
-        "(options.mode batch; the workers group the requests into batch jobs)",
-    )
+    _add_job_arguments(bulk, for_each="every job's")
     bulk.add_argument("--wait", action="store_true", help="wait for every job and summarise")
     bulk.add_argument(
         "--resubmit",
@@ -143,17 +206,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bulk.add_argument(
         "--sample",
-        type=int,
+        type=_positive_int,
         default=100,
         metavar="N",
         help="--dry-run: objects whose headers are read for their pixel sizes (default 100)",
     )
-    bulk.add_argument("--timeout", type=float, default=3600.0, metavar="S")
+    bulk.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=3600.0,
+        metavar="S",
+        help="with --wait: give up after S seconds (default 3600)",
+    )
 
-    for name, helptext in (("status", "show a job's state"), ("result", "print a job's result")):
-        cmd = sub.add_parser(name, help=helptext, description=helptext.capitalize() + ".")
-        cmd.add_argument("job_id", metavar="JOB_ID")
-        cmd.add_argument("--output", metavar="URI", help="results base the job used")
+    for name, helptext, description in (
+        (
+            "status",
+            "show a job's state",
+            "A job's state: succeeded or failed (its record, or the fleet's dead-letter "
+            "index), queued or running (the broker), batched, or unknown (exit status 3), "
+            "with a line on what the fleet knows.",
+        ),
+        (
+            "result",
+            "print a job's result",
+            "A job's record: its status, its answer, the overlay and mask URIs, its cost "
+            "and warnings (--json: result.json or error.json as stored).",
+        ),
+    ):
+        cmd = sub.add_parser(name, help=helptext, description=description)
+        cmd.add_argument("job_id", metavar="JOB_ID", help="the job's id (as submit printed it)")
+        cmd.add_argument(
+            "--output", metavar="URI", help="the results folder the job named (its --output)"
+        )
         cmd.add_argument("--json", action="store_true", help="print JSON")
 
     worker = sub.add_parser(
@@ -162,15 +247,29 @@ def build_parser() -> argparse.ArgumentParser:
         description="Same as `celery -A worker worker -Q vision` with an "
         "I/O-bound thread pool by default.",
     )
-    worker.add_argument("--concurrency", type=int, default=8, metavar="N")
-    worker.add_argument("--pool", choices=("threads", "prefork", "solo"), default="threads")
+    worker.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=8,
+        metavar="N",
+        help="jobs run at once (threads or processes; default 8)",
+    )
+    worker.add_argument(
+        "--pool",
+        choices=("threads", "prefork", "solo"),
+        default="threads",
+        help="threads (default: I/O-bound jobs), prefork (hands running jobs back on "
+        "SIGTERM, enforces time limits) or solo",
+    )
     worker.add_argument(
         "--loglevel",
         default=None,
         metavar="LEVEL",
         help="DEBUG, INFO, WARNING, ERROR (default GVW_LOG_LEVEL, else INFO); wins over it",
     )
-    worker.add_argument("--hostname", default=None, help="worker node name (celery -n)")
+    worker.add_argument(
+        "--hostname", default=None, metavar="NAME", help="worker node name (celery -n)"
+    )
 
     demo = sub.add_parser(
         "demo",
@@ -193,9 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="A local server speaking Gemini's REST API; point "
         "workers at it with GEMINI_BASE_URL=http://HOST:PORT.",
     )
-    emulator.add_argument("--host", default="127.0.0.1")
-    emulator.add_argument("--port", type=int, default=8765)
-    emulator.add_argument("--api-key", default=None, help="require this x-goog-api-key")
+    add_emulator_arguments(emulator)
     files = sub.add_parser(
         "files",
         help="File API uploads: list the cache, purge uploads",
@@ -244,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     batches_list.add_argument("--json", action="store_true", help="print JSON lines")
     for action in ("show", "cancel"):
         one = batches_sub.add_parser(action, help=f"{action} one batch (its id, as listed)")
-        one.add_argument("batch_id", metavar="BATCH_ID")
+        one.add_argument("batch_id", metavar="BATCH_ID", help="the batch's id, as listed")
     costs = sub.add_parser(
         "costs",
         help="today's spending against GVW_BUDGET_USD_PER_DAY, and the price table in use",
@@ -264,10 +361,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dead_sub = dead.add_subparsers(dest="dead_command", metavar="ACTION", required=True)
     dead_list = dead_sub.add_parser("list", help="job, code, message, attempts, when")
-    dead_list.add_argument("--limit", type=int, default=100)
+    dead_list.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=100,
+        metavar="N",
+        help="the newest N dead letters (default 100)",
+    )
     dead_list.add_argument("--json", action="store_true", help="print JSON lines")
     dead_replay = dead_sub.add_parser("replay", help="re-enqueue jobs with their job ids")
-    dead_replay.add_argument("job_ids", metavar="JOB_ID", nargs="+")
+    dead_replay.add_argument(
+        "job_ids", metavar="JOB_ID", nargs="+", help="dead-lettered jobs to send again"
+    )
     return parser
 
 
@@ -276,10 +381,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         handler = _HANDLERS[args.command]
         return handler(args)
+    except (SettingsInvalid, UsageError) as err:
+        _fail(str(err))
+        return EXIT_USAGE
     except GvwError as err:
         _fail(f"{err.code}: {err.message}")
         return EXIT_FAILED
-    except BrokerUnavailable as err:
+    except (BrokerUnavailable, TimeoutError) as err:
         _fail(str(err))
         return EXIT_FAILED
     except KeyboardInterrupt:
@@ -308,25 +416,62 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     if not args.wait:
         print(json.dumps({"job_id": job_id}) if args.json else job_id)
         return EXIT_OK
+    # the client remembers the job it sent: another job's record under this id is a
+    # conflict (invalid_job), never this job's answer
     record = client.wait(job_id, args.timeout, output=args.output)
     return _print_record(record, as_json=args.json)
 
 
 def _print_record(record: dict[str, Any], *, as_json: bool) -> int:
+    """The record on stdout (a summary, or the JSON as stored); a failed job's reason
+    once, on stderr, with exit status 1."""
     from worker.records import ErrorRecord, read_record
 
     typed = read_record(json.dumps(record).encode())
     if as_json:
         print(json.dumps(record, indent=2, ensure_ascii=False))
-    elif isinstance(typed, ErrorRecord):
-        print(f"{typed.job_id}: failed: {typed.error.code}: {typed.error.message}")
-    else:
-        print(f"{typed.job_id}: succeeded ({typed.task}, {typed.model})")
-        print(json.dumps(typed.output, indent=2, ensure_ascii=False)[:4000])
+    elif not isinstance(typed, ErrorRecord):
+        for line in _result_lines(typed):
+            print(line)
     if isinstance(typed, ErrorRecord):
-        _fail(f"job failed: {typed.error.code}: {typed.error.message}")
+        _fail(f"{typed.job_id}: failed: {typed.error.code}: {typed.error.message}")
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _result_lines(record: Any) -> list[str]:
+    """A succeeded job for people: status, answer, artifacts, cost, warnings."""
+    usage = record.usage
+    cost = f"${usage.cost_usd:.6f}" if usage.cost_usd is not None else "cost unknown"
+    lines = [
+        f"{record.job_id}: succeeded ({record.task}, {record.model}, {record.mode}; "
+        f"{usage.prompt_tokens:,} tokens in, {usage.output_tokens:,} out, {cost})"
+    ]
+    if record.answer_reused_from is not None:
+        lines.append(f"answer reused from job {record.answer_reused_from.job_id}")
+    output = dict(record.output)
+    objects = output.pop("objects", None)
+    if "text" in output:
+        lines.append(str(output.pop("text")))
+    if "labels" in output:
+        lines.append("labels: " + ", ".join(str(x) for x in output.pop("labels") or []) or "-")
+    if "data" in output:
+        lines.append(json.dumps(output.pop("data"), indent=2, ensure_ascii=False)[:4000])
+    if isinstance(objects, list):
+        lines.append(f"{len(objects)} objects:")
+        for item in objects[:50]:
+            box = item.get("box")
+            mask = f"  mask {item['mask']}" if item.get("mask") else ""
+            lines.append(f"  {str(item.get('label', ''))[:60]!r} box {box}{mask}")
+        if len(objects) > 50:
+            lines.append(f"  ... {len(objects) - 50} more (--json for all)")
+    for key, value in output.items():  # anything a later task adds
+        lines.append(f"{key}: {json.dumps(value, ensure_ascii=False)[:400]}")
+    if record.artifacts.get("overlay"):
+        lines.append(f"overlay: {record.artifacts['overlay']}")
+    for warning in record.warnings:
+        lines.append(f"warning: {warning}")
+    return lines
 
 
 def _job_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -337,20 +482,43 @@ def _job_options(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "labels", None):
         options["labels"] = args.labels
     if getattr(args, "schema", None):
-        text = args.schema
-        if text.startswith("@"):
-            with open(text[1:], encoding="utf-8") as handle:
-                text = handle.read()
-        options["response_schema"] = json.loads(text)
+        options["response_schema"] = _json_flag("--schema", args.schema, allow_file=True)
     if getattr(args, "options_json", None):
-        options["options"] = json.loads(args.options_json)
+        value = _json_flag("--options", args.options_json, allow_file=False)
+        if not isinstance(value, dict):
+            raise UsageError(
+                f"--options: expected a JSON object such as '{{\"max_items\": 10}}', "
+                f"got {type(value).__name__}"
+            )
+        options["options"] = value
     if getattr(args, "batch", False):
         options["options"] = {**options.get("options", {}), "mode": "batch"}
     return options
 
 
+def _json_flag(flag: str, text: str, *, allow_file: bool) -> Any:
+    """A flag's JSON value (inline, or ``@file.json`` where allowed), or a UsageError
+    naming the flag, where the JSON breaks and what is expected."""
+    source = "its value"
+    if allow_file and text.startswith("@"):
+        source = text[1:]
+        try:
+            with open(source, encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as exc:
+            raise UsageError(f"{flag}: cannot read {source}: {exc.strerror or exc}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        expected = "inline JSON or @file.json" if allow_file else "inline JSON"
+        raise UsageError(
+            f"{flag}: {source} is not valid JSON ({exc.msg} at line {exc.lineno} column "
+            f"{exc.colno}); expected {expected}"
+        ) from None
+
+
 def _cmd_enqueue_prefix(args: argparse.Namespace) -> int:
-    from worker.bulk import enqueue_prefix, wait_all
+    from worker.bulk import check_prefix, enqueue_prefix, job_objects, wait_all
     from worker.client import VisionClient
     from worker.progress import Progress
     from worker.settings import get_settings
@@ -358,37 +526,66 @@ def _cmd_enqueue_prefix(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     template = {"task": args.task, **_job_options(args)}
-    suffixes = tuple(s.strip().lower() for s in args.suffix.split(",") if s.strip())
+    suffixes = _suffixes(args.suffix)
     stores = StoreRouter(
         connect_timeout_s=settings.gvw_s3_connect_timeout_s,
         read_timeout_s=settings.gvw_s3_read_timeout_s,
     )
+    client = VisionClient(settings=settings, stores=stores)
+    # before a single object is listed: the job every object gets is checked exactly as
+    # `submit` checks it, and the prefix against the inputs the fleet may read
+    prefix = check_prefix(args.prefix, settings)
+    client.validate({**template, "images": [prefix.rstrip("/") + "/object"]})
+    results_folder = str(template.get("output") or settings.gvw_results_uri)
+
+    unusable: list[str] = []
+
+    def objects() -> Any:
+        return job_objects(
+            stores.list_objects(prefix),
+            suffixes=suffixes,
+            results_folder=results_folder,
+            allowed_inputs=settings.allowed_input_prefixes,
+            unusable=unusable,
+        )
+
     if args.dry_run:
-        from worker.bulk import estimate_prefix
+        from worker.bulk import deterministic_job_id, estimate_prefix
         from worker.prices import load_prices
 
+        # what the run itself would send: what is committed already is skipped
+        done = client.committed(output=template.get("output"))
+        skipped: list[int] = [0]
+
+        def to_send() -> Any:
+            for obj in objects():
+                if deterministic_job_id(obj.uri, obj.etag, template) in done:
+                    skipped[0] += 1
+                else:
+                    yield obj
+
         estimate = estimate_prefix(
-            stores.list_objects(args.prefix),
+            to_send(),
             template,
             read_head=lambda uri, size: stores.read_head(uri, max_bytes=size).data,
             prices=load_prices(settings.gvw_prices_file),
             model=str(template.get("model") or settings.gvw_model),
             fit_within_px=settings.gvw_fit_within_px,
-            suffixes=suffixes,
             sample=max(1, args.sample),
         )
+        estimate.already_done = skipped[0]
+        _report_unusable(unusable)
         for line in estimate.lines():
             print(line)
         return EXIT_OK
-    client = VisionClient(settings=settings, stores=stores)
     summary = enqueue_prefix(
         client,
-        stores.list_objects(args.prefix),
+        objects(),
         template,
-        suffixes=suffixes,
         progress=Progress,
-        sent=None if args.resubmit else _sent_log(settings, args.prefix, template),
+        sent=None if args.resubmit else _sent_log(settings, prefix, template),
     )
+    _report_unusable(unusable)
     if args.wait and summary.submitted:
         wait_all(
             client,
@@ -403,6 +600,23 @@ def _cmd_enqueue_prefix(args: argparse.Namespace) -> int:
         _fail(f"{sum(summary.failed_by_code.values())} failed, {summary.pending} pending")
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _report_unusable(unusable: list[str]) -> None:
+    if unusable:
+        print(
+            f"gvw: left out {len(unusable)} objects whose keys no job may name (the worker "
+            f"would refuse them), e.g. {unusable[0][:200]}",
+            file=sys.stderr,
+        )
+
+
+def _suffixes(flag: str) -> tuple[str, ...]:
+    """--suffix: the key endings to take (default: image types; ``*``: every key)."""
+    if flag.strip() == "*":
+        return ()
+    chosen = tuple(s.strip().lower() for s in flag.split(",") if s.strip())
+    return chosen or IMAGE_SUFFIXES
 
 
 def _sent_log(settings: Any, prefix: str, template: dict[str, Any]) -> Any:
@@ -427,34 +641,40 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from worker.client import VisionClient
 
     state = VisionClient().status(args.job_id, output=args.output)
-    if state.state == "unknown":
-        if args.json:
-            print(json.dumps({"job_id": state.job_id, "status": "unknown"}))
-        _fail(
-            f"no job {args.job_id}: no record under its results folder, and not on the "
-            "broker's queue (never sent, or a different --output)"
-        )
-        return EXIT_UNKNOWN
     info: dict[str, Any] = {"job_id": state.job_id, "status": state.state}
     if state.uri:
         info["uri"] = state.uri
     if state.error_code:
         info["error"] = state.error_code
-    if state.batch:
+    if state.batch is not None:
         info["batch"] = state.batch
+    if state.refused:
+        info["refused"] = state.refused
     if args.json:
-        print(json.dumps(info))
-    else:
+        print(json.dumps({**info, "detail": state.detail} if state.detail else info))
+    elif state.state != "unknown":
         print(" ".join(f"{k}={v}" for k, v in info.items()))
+        if state.detail:
+            print(f"  {state.detail}")
+    if state.state == "unknown":
+        _fail(f"no job {args.job_id}: {state.detail or 'not known to the fleet'}")
+        return EXIT_UNKNOWN
     return EXIT_OK
 
 
 def _cmd_result(args: argparse.Namespace) -> int:
     from worker.client import VisionClient
 
-    record = VisionClient().result(args.job_id, output=args.output)
+    client = VisionClient()
+    record = client.result(args.job_id, output=args.output)
     if record is None:
-        _fail(f"no result for {args.job_id} yet (gvw status {args.job_id})")
+        state = client.status(args.job_id, output=args.output)
+        if state.state == "failed" and state.error_code:
+            # failed for good, its error.json unwritten: the fleet's dead letter says so
+            _fail(f"{args.job_id}: failed: {state.error_code}: {state.detail or ''}".rstrip(": "))
+            return EXIT_FAILED
+        seen = state.detail or state.state
+        _fail(f"no result for {args.job_id} yet: {state.state}; {seen}")
         return EXIT_FAILED
     return _print_record(record, as_json=args.json)
 
@@ -489,9 +709,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_emulator(args: argparse.Namespace) -> int:
+    from worker.emulator.options import config_from
     from worker.emulator.server import serve
 
-    serve(host=args.host, port=args.port, api_key=args.api_key)
+    serve(host=args.host, port=args.port, api_key=args.api_key, config=config_from(args))
     return EXIT_OK
 
 
@@ -656,32 +877,38 @@ def _cmd_dead_letters(args: argparse.Namespace) -> int:
     settings = get_settings()
     ports = build_ports(settings)
     if args.dead_command == "list":
-        letters = list(ports.deliveries.dead_letters(limit=args.limit))
-        for letter in letters:
-            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(letter.when))
+        rows = _dead_letter_rows(ports, args.limit)
+        for row in rows:
             if args.json:
-                print(
-                    json.dumps(
-                        {
-                            "job_id": letter.job_id,
-                            "code": letter.code,
-                            "message": letter.message,
-                            "attempts": letter.attempts,
-                            "when": when,
-                        }
-                    )
-                )
+                print(json.dumps(row))
             else:
+                note = "  (refused: its id belongs to another job)" if row["refused"] else ""
+                unwritten = (
+                    "  (error.json not written)"
+                    if not row["recorded"] and not row["refused"]
+                    else ""
+                )
                 print(
-                    f"{when}  {letter.job_id}  {letter.code}  attempts={letter.attempts}  "
-                    f"{letter.message[:120]}"
+                    f"{row['when']}  {row['job_id']}  {row['code']}  "
+                    f"attempts={row['attempts']}  {str(row['message'])[:120]}{note}{unwritten}"
                 )
         if not args.json:
-            print(f"{len(letters)} dead letters")
+            refused = sum(1 for row in rows if row["refused"])
+            print(
+                f"{len(rows) - refused} dead letters"
+                + (f", {refused} refused jobs (job id in use by another job)" if refused else "")
+            )
         return EXIT_OK
     failures = 0
     for job_id in args.job_ids:
         found = ports.deliveries.get(job_id)
+        if found is None and ports.refusals.of_job(job_id):
+            _fail(
+                f"{job_id}: the refused job reused the id of another job; send it again "
+                "under a new job id (replay would be refused the same way)"
+            )
+            failures += 1
+            continue
         if found is None or found.job is None:
             _fail(f"{job_id}: no dead letter with a stored job to replay")
             failures += 1
@@ -698,6 +925,48 @@ def _cmd_dead_letters(args: argparse.Namespace) -> int:
         send_job({**found.job, "job_id": job_id})
         print(f"{job_id}: re-enqueued")
     return EXIT_FAILED if failures else EXIT_OK
+
+
+def _dead_letter_rows(ports: Any, limit: int) -> list[dict[str, Any]]:
+    """Dead letters and refused jobs (an id reused by another job), newest first."""
+    from worker.records import ErrorRecord
+
+    rows: list[tuple[float, dict[str, Any]]] = []
+    for letter in ports.deliveries.dead_letters(limit=limit):
+        rows.append(
+            (
+                letter.when,
+                {
+                    "job_id": letter.job_id,
+                    "code": letter.code,
+                    "message": letter.message,
+                    "attempts": letter.attempts,
+                    "recorded": letter.recorded,
+                    "refused": False,
+                },
+            )
+        )
+    for refusal in ports.refusals.latest(limit=limit):
+        record = ErrorRecord.model_validate_json(refusal.record)
+        rows.append(
+            (
+                refusal.when,
+                {
+                    "job_id": refusal.job_id,
+                    "code": record.error.code,
+                    "message": record.error.message,
+                    "attempts": record.attempts,
+                    "recorded": False,
+                    "refused": True,
+                    "fingerprint": refusal.fingerprint,
+                },
+            )
+        )
+    rows.sort(key=lambda pair: -pair[0])
+    return [
+        {**row, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))}
+        for when, row in rows[:limit]
+    ]
 
 
 _HANDLERS = {

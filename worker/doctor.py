@@ -9,6 +9,8 @@ location, deleted at once. Checks, in order:
     redis       GVW_REDIS_URL answers; maxmemory-policy noeviction (else jobs and locks
                 can be evicted: FAIL); persistence on (else a restart loses queued jobs:
                 warn); CONFIG may be disabled on managed Redis (warn: check it there)
+    backend     CELERY_RESULT_BACKEND, when one is named, answers (workers write task
+                states there); none is needed: results live in storage
     clock       this host's clock against Redis's (TIME) and S3's (Date): S3 refuses
                 requests from a clock 15 minutes off, locks and rate limits need them close
     results     GVW_RESULTS_URI writable: a probe object written and deleted
@@ -24,7 +26,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Literal
+from typing import Any, Literal
 
 from kombu.utils.url import maybe_sanitize_url
 
@@ -58,6 +60,7 @@ def run_checks(settings: Settings, *, stores: StoreRouter | None = None) -> list
     steps: list[tuple[str, Callable[[Settings, StoreRouter], Iterator[Check]]]] = [
         ("broker", _broker),
         ("redis", _redis),
+        ("backend", _backend),
         ("results", _results),
         ("inputs", _inputs),
         ("gemini", _gemini),
@@ -93,21 +96,10 @@ def _broker(settings: Settings, stores: StoreRouter) -> Iterator[Check]:
 def _redis(settings: Settings, stores: StoreRouter) -> Iterator[Check]:
     import redis
 
-    shown = maybe_sanitize_url(settings.gvw_redis_url)
-    client = redis.Redis.from_url(
-        settings.gvw_redis_url, socket_connect_timeout=_TIMEOUT_S, socket_timeout=_TIMEOUT_S
-    )
-    started = time.monotonic()
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        yield Check(
-            "FAIL",
-            "redis",
-            f"cannot reach {shown} ({_reason(exc)}): start it, or fix GVW_REDIS_URL",
-        )
+    client, ping = _ping(settings.gvw_redis_url, "redis", "start it, or fix GVW_REDIS_URL")
+    yield ping
+    if ping.level == "FAIL":
         return
-    yield Check("ok", "redis", f"{shown} answers ({_ms(started)} ms)")
     try:
         policy = _config(client, "maxmemory-policy")
         appendonly = _config(client, "appendonly")
@@ -140,6 +132,42 @@ def _redis(settings: Settings, stores: StoreRouter) -> Iterator[Check]:
             yield Check("ok", "redis", f"persistence on (appendonly {appendonly})")
     seconds, _micros = client.time()
     yield _clock_check("clock", "Redis", float(seconds) + _micros / 1e6)
+
+
+def _backend(settings: Settings, stores: StoreRouter) -> Iterator[Check]:
+    url = settings.celery_result_backend
+    if url is None:
+        yield Check(
+            "ok",
+            "backend",
+            "none (CELERY_RESULT_BACKEND unset): results live in GVW_RESULTS_URI",
+        )
+        return
+    shown = maybe_sanitize_url(url)
+    if not url.startswith(("redis://", "rediss://")):
+        yield Check("warn", "backend", f"{shown} not checked (doctor checks redis:// backends)")
+        return
+    _, ping = _ping(
+        url,
+        "backend",
+        "every job's task state would wait on it; start it, fix CELERY_RESULT_BACKEND, or "
+        "unset it (results live in storage)",
+    )
+    yield ping
+
+
+def _ping(url: str, name: str, fix: str) -> tuple[Any, Check]:
+    """A Redis client for ``url`` and the check line of one PING: its time, or why not."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=_TIMEOUT_S, socket_timeout=_TIMEOUT_S)
+    shown = maybe_sanitize_url(url)
+    started = time.monotonic()
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        return client, Check("FAIL", name, f"cannot reach {shown} ({_reason(exc)}): {fix}")
+    return client, Check("ok", name, f"{shown} answers ({_ms(started)} ms)")
 
 
 def _results(settings: Settings, stores: StoreRouter) -> Iterator[Check]:
@@ -229,7 +257,12 @@ def _gemini(settings: Settings, stores: StoreRouter) -> Iterator[Check]:
         yield Check("FAIL", "gemini", f"models.get({model}) answered {status}: {fix}")
         return
     limit = f", input limit {found.input_token_limit:,} tokens" if found.input_token_limit else ""
-    yield Check("ok", "gemini", f"key accepted, model {model} known{limit} ({_ms(started)} ms)")
+    key = (
+        "key accepted"
+        if settings.api_key is not None
+        else "no API key set (the endpoint answered without one)"
+    )
+    yield Check("ok", "gemini", f"{key}, model {model} known{limit} ({_ms(started)} ms)")
 
 
 def _config(client: object, name: str) -> str:

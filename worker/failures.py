@@ -112,6 +112,18 @@ def _write_error_record(
         raise RecordNotWritten(
             f"could not write the error record {uri}: {err.message}", code=code
         ) from err
+    except JobIdConflict:
+        raise
+    except GvwError as err:
+        # storage refuses it for good (no such bucket, no permission): trying again
+        # cannot help. The dead-letter entry keeps the record, where producers
+        # (`worker.client`) and `gvw dead-letters list` read it.
+        log.error(
+            "storage refused the error record for good; the dead-letter index keeps it",
+            extra={"job_id": job_id, "code": code, "error_message": err.message},
+        )
+        DEAD_LETTERS.labels(code).inc()
+        return Outcome(job_id=job_id, status="failed", record_uri="")
     ports.deliveries.mark_recorded(job_id)
     DEAD_LETTERS.labels(code).inc()
     return Outcome(job_id=job_id, status="failed", record_uri=uri)
@@ -124,11 +136,20 @@ def _refuse_reused_id(
         "job refused: job_id already used by a different job",
         extra={"job_id": job_id, "code": error.code},
     )
+    data = record.to_json_bytes()
+    try:
+        # where the refused job's producer (`wait`, `gvw status`) and `gvw dead-letters
+        # list` find it: the id's folder belongs to the other job
+        ports.refusals.refuse(job_id, record.fingerprint or "", data)
+    except Exception:
+        log.warning(
+            "could not keep the refusal for producers", extra={"job_id": job_id}, exc_info=True
+        )
     uri = join_uri(folder, ERROR_NAME)
     if error.holder_folder is None or error.holder_folder == folder:
         # the id's folder is the other job's: nothing of ours may be written there
         return Outcome(job_id=job_id, status="failed", record_uri="")
-    ports.stores.create_exclusive(uri, record.to_json_bytes(), content_type=JSON_TYPE)
+    ports.stores.create_exclusive(uri, data, content_type=JSON_TYPE)
     return Outcome(job_id=job_id, status="failed", record_uri=uri)
 
 

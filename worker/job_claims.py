@@ -12,6 +12,10 @@ written (storage was down when it failed): the dead-letter entry holds that reco
 the next delivery writes it instead of running the job again.
 
     gvw:claim:{job_id}       "{fingerprint}|{folder}", expires after GVW_JOB_ID_TTL_S
+    gvw:taken_at             when a worker last took a job (Redis's clock, epoch s): a
+                             producer whose job waits says whether any worker is taking
+                             jobs at all (`worker.client`); set by the same script, so
+                             it costs no round trip
 
 Records (result.json, error.json) carry the fingerprint too, so a reuse is recognised in
 the same folder for as long as the records live, after the claim has expired.
@@ -29,6 +33,7 @@ import redis
 from worker.deliveries import dead_letter_key
 
 _CLAIM_LUA = """
+redis.call('set', KEYS[3], redis.call('time')[1])
 local mine = ARGV[1] .. '|' .. ARGV[2]
 local held = redis.call('get', KEYS[1])
 if not held then
@@ -45,6 +50,13 @@ if redis.call('hget', KEYS[2], 'recorded') == '0'
 end
 return {1, '', pending}
 """
+
+
+TAKEN_AT_KEY = "gvw:taken_at"
+
+
+def claim_key(job_id: str) -> str:
+    return f"gvw:claim:{job_id}"
 
 
 @dataclass(frozen=True)
@@ -67,7 +79,7 @@ class RedisJobClaims:
 
     def claim(self, job_id: str, fingerprint: str, folder: str) -> Claim:
         ours, held, pending = self._claim(
-            keys=[f"gvw:claim:{job_id}", dead_letter_key(job_id)],
+            keys=[claim_key(job_id), dead_letter_key(job_id), TAKEN_AT_KEY],
             args=[fingerprint, folder, self._ttl_s],
         )
         if not ours:

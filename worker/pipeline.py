@@ -3,7 +3,7 @@
 The only caller of the ports (storage, Gemini, locks). Decisions come from `tasks/`;
 this module gathers inputs, calls them, and writes the outputs.
 
-Key layout under `{output}/{job_id}/` (CONTRACT.md "Results"):
+Key layout under `{output}/{job_id}/` (docs/contract.md, "Results"):
 
     result.json                       written last, once (conditional create)
     error.json                        instead of result.json when the job failed for good

@@ -24,6 +24,7 @@ from worker.gemini.transport import ImageSender
 from worker.job_claims import JobClaims
 from worker.job_locks import JobLocks
 from worker.ratelimit import RateLimiter
+from worker.refusals import LocalRefusals, Refusals
 from worker.settings import Settings
 from worker.storage.port import ObjectHead, ObjectInfo
 
@@ -61,6 +62,8 @@ class Ports:
     budget: Budget
     # batch mode's state (None without Redis: batch mode is then refused)
     batches: Batches | None = None
+    # jobs refused because their id belongs to another job (`worker.refusals`)
+    refusals: Refusals = field(default_factory=LocalRefusals)
     # asks for a follower run soon (set by the Celery app; `worker.batch_runner`)
     schedule_batch_run: Callable[[], None] = field(default=lambda: None)
 

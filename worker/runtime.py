@@ -29,6 +29,7 @@ from worker.job_locks import JobLocks, LocalJobLocks, RedisJobLocks
 from worker.ports import Ports
 from worker.prices import load_prices
 from worker.ratelimit import NoRateLimit, RateLimiter, RedisRateLimiter
+from worker.refusals import LocalRefusals, RedisRefusals, Refusals
 from worker.settings import Settings, get_settings
 from worker.storage import S3_SCHEME, StoreRouter
 
@@ -57,6 +58,7 @@ def build_ports(settings: Settings, *, local: bool = False) -> Ports:
         deliveries = LocalDeliveries()
         answers = LocalAnswerStore()
         claims = LocalJobClaims(ttl_s=settings.gvw_job_id_ttl_s)
+        refusals: Refusals = LocalRefusals()
         budget: Budget = LocalBudget(budget_usd=settings.gvw_budget_usd_per_day)
         batches: Batches = LocalBatchStore()
         answer_cache: AnswerCache = LocalAnswerCache(
@@ -85,6 +87,7 @@ def build_ports(settings: Settings, *, local: bool = False) -> Ports:
         deliveries = RedisDeliveries(client)
         answers = RedisAnswerStore(client)
         claims = RedisJobClaims(client, ttl_s=settings.gvw_job_id_ttl_s)
+        refusals = RedisRefusals(client)
         batches = BatchStore(client)
         budget = RedisBudget(
             client,
@@ -123,6 +126,7 @@ def build_ports(settings: Settings, *, local: bool = False) -> Ports:
         answer_cache=answer_cache,
         budget=budget,
         batches=batches,
+        refusals=refusals,
     )
 
 

@@ -1,17 +1,33 @@
 """One typed settings object, read from the environment once per process.
 
-Names are those of CONTRACT.md ("Configuration"); the extra `GVW_*` knobs below are
+Names are those of docs/contract.md ("Configuration"); the extra `GVW_*` knobs below are
 documented in the README. Time values carry their unit in the name.
 """
 
 from __future__ import annotations
 
 import hashlib
+import types
+import typing
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsInvalid(ValueError):
+    """The environment holds a setting the worker cannot use. The message is one line
+    that names the variable, what is wrong with its value, and what is allowed."""
 
 
 class Settings(BaseSettings):
@@ -23,7 +39,11 @@ class Settings(BaseSettings):
     )
     gemini_base_url: str | None = None
     celery_broker_url: str = "redis://localhost:6379/0"
-    celery_result_backend: str = "redis://localhost:6379/0"
+    # Results live in storage (result.json, error.json): workers need no Celery result
+    # backend, and keep task states in none unless one is named here. (Its old default,
+    # redis://localhost:6379/0, sent task states to whatever Redis listened there, or
+    # failed every job outside its body where none did.)
+    celery_result_backend: str | None = None
     gvw_redis_url: str = "redis://localhost:6379/1"
     gvw_results_uri: str = "file://./gvw-results"
     gvw_allowed_inputs: str = "s3://"
@@ -36,14 +56,15 @@ class Settings(BaseSettings):
     gvw_allowed_outputs: str = "s3://"
     # Inputs larger than this are refused before a byte is read.
     gvw_max_input_bytes: int = Field(default=50_000_000, ge=1)
-    # Decoded size cap, just under Pillow's own decompression-bomb threshold (89.5 MP,
-    # made an error here): a 48 MP photo passes, one decoded RGB image stays under 270 MB.
+    # Decoded size cap of one image, checked from its header: a 48 MP photo passes, one
+    # decoded RGB image stays under 270 MB. Any value holds, above Pillow's own 89.5 MP
+    # bomb threshold too: worker.images raises Pillow's to twice this (never lowers it).
     gvw_max_image_pixels: int = Field(default=89_000_000, ge=1)
     gvw_gemini_timeout_s: float = Field(default=120.0, gt=0)
     gvw_s3_connect_timeout_s: float = Field(default=5.0, gt=0)
     gvw_s3_read_timeout_s: float = Field(default=30.0, gt=0)
     # Celery time limits per attempt, and the broker's redelivery timeout. The timeout
-    # must exceed hard limit + longest retry countdown + margin (RELIABILITY.md).
+    # must exceed hard limit + longest retry countdown + margin (docs/reliability.md).
     gvw_soft_time_limit_s: int = Field(default=300, ge=1)
     gvw_hard_time_limit_s: int = Field(default=330, ge=2)
     gvw_visibility_timeout_s: int = Field(default=900, ge=3)
@@ -127,10 +148,11 @@ class Settings(BaseSettings):
     # "text": readable lines (a terminal); "json": one JSON object a line (log pipelines)
     gvw_log_format: Literal["text", "json"] = "text"
 
-    @field_validator("gemini_base_url", mode="before")
+    @field_validator("gemini_base_url", "celery_result_backend", mode="before")
     @classmethod
     def _empty_means_default(cls, value: object) -> object:
-        # `GEMINI_BASE_URL=` (set but empty, as compose files do) means Google's endpoint
+        # `GEMINI_BASE_URL=` (set but empty, as compose files do) means Google's endpoint;
+        # `CELERY_RESULT_BACKEND=` means none
         return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
@@ -177,4 +199,86 @@ def _split_prefixes(value: str) -> tuple[str, ...]:
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    """The process's settings, from the environment; `SettingsInvalid` (one line naming
+    the variable) when a value cannot be used."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsInvalid(describe_settings_error(exc)) from None
+
+
+def env_name(field: str) -> str:
+    """The environment variable a settings field is read from (its first alias)."""
+    info = Settings.model_fields.get(field)
+    alias = info.validation_alias if info is not None else None
+    if isinstance(alias, AliasChoices) and alias.choices:
+        return str(alias.choices[0])
+    return field.upper()
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    """One line for every problem pydantic found: ``NAME='value': problem; allowed``."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = err.get("loc") or ()
+        field = str(loc[0]) if loc else ""
+        problem = _PROBLEMS.get(err.get("type", ""), "") or str(err.get("msg", "invalid"))
+        problem = problem.removeprefix("Value error, ")
+        if not field:  # a rule between settings (_check_timing): its message names them
+            parts.append(problem)
+            continue
+        name = env_name(field)
+        shown = _shown_value(name, err.get("input"))
+        allowed = (
+            allowed_values(Settings.model_fields[field]) if field in Settings.model_fields else ""
+        )
+        parts.append(f"{name}={shown}: {problem}" + (f"; allowed: {allowed}" if allowed else ""))
+    return "invalid setting: " + "; ".join(parts) if parts else "invalid settings"
+
+
+# pydantic's error types, in a user's words (others keep pydantic's own message)
+_PROBLEMS = {
+    "int_parsing": "not a whole number",
+    "int_from_float": "not a whole number",
+    "float_parsing": "not a number",
+    "bool_parsing": "not true or false",
+    "literal_error": "not one of the choices",
+    "greater_than": "too small",
+    "greater_than_equal": "too small",
+    "less_than": "too large",
+    "less_than_equal": "too large",
+}
+
+
+def _shown_value(name: str, value: Any) -> str:
+    if any(word in name for word in ("KEY", "TOKEN", "SECRET", "PASSWORD")):
+        return "<hidden>"
+    text = value if isinstance(value, str) else repr(value)
+    return repr(text[:80] + ("..." if len(text) > 80 else ""))
+
+
+def allowed_values(info: FieldInfo) -> str:
+    """What a setting accepts, in words: ``one of auto, inline``, ``a whole number >= 1``."""
+    annotation: Any = info.annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if typing.get_origin(annotation) is Literal:
+        return "one of " + ", ".join(str(a) for a in typing.get_args(annotation))
+    kind = {int: "a whole number", float: "a number", bool: "true or false"}.get(annotation)
+    if kind is None:
+        return ""
+    bounds = []
+    for meta in info.metadata:
+        for attr, sign, cls in (
+            ("ge", ">=", Ge),
+            ("gt", ">", Gt),
+            ("le", "<=", Le),
+            ("lt", "<", Lt),
+        ):
+            if isinstance(meta, cls):
+                bounds.append(
+                    f"{sign} {getattr(meta, attr):g}"
+                    if annotation is float
+                    else f"{sign} {getattr(meta, attr)}"
+                )
+    return kind + (" " + " and ".join(bounds) if bounds else "")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shlex
 import uuid
 
 import pytest
@@ -185,3 +186,112 @@ def test_a_rerun_after_an_interruption_sends_only_what_is_missing(
     queued = [json.loads(m)["headers"]["id"] for m in broker.lrange("vision", 0, -1)]
     assert len(queued) == len(set(queued)) == 120  # every object once, none twice
     broker.delete("vision")
+
+
+def jpeg(width: int, height: int, shade: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (shade, 90, 200)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        pytest.param(["--task", "captoin"], "unknown task 'captoin'", id="typo-task"),
+        pytest.param(["--task", "classify"], "labels", id="classify-without-labels"),
+        pytest.param(
+            ["--task", "caption", "--options", '{"bogus": 1}'],
+            "options.bogus: unknown field",
+            id="unknown-option",
+        ),
+        pytest.param(["--task", "compare"], "compare", id="one-image-compare"),
+    ],
+)
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "real-run"])
+def test_a_job_the_workers_would_refuse_is_refused_before_the_prefix_is_listed(
+    stack: Stack, flags: list[str], says: str, dry_run: bool
+) -> None:
+    # an allowed bucket that does not exist: listing it would fail; the job is refused first
+    env = {**stack.env, "GVW_ALLOWED_INPUTS": "s3://inbox/,s3://no-such-bucket-at-all/"}
+    done = gvw(
+        "enqueue-prefix",
+        "s3://no-such-bucket-at-all/x/",
+        *flags,
+        *(["--dry-run"] if dry_run else []),
+        env=env,
+        timeout_s=60,
+    )
+    assert done.returncode == 1, done.stdout
+    assert "invalid_job" in done.stderr and says in done.stderr, done.stderr
+    assert done.stderr.strip().count("\n") == 0
+    assert "dry run" not in done.stdout and "listed" not in done.stdout
+
+
+def test_a_prefix_outside_the_allowed_inputs_is_refused_before_listing(stack: Stack) -> None:
+    for dry in (["--dry-run"], []):
+        done = gvw(
+            "enqueue-prefix", "s3://other/anything/", "--task", "caption", *dry, env=stack.env
+        )
+        assert done.returncode == 1
+        assert "input_not_allowed" in done.stderr and "GVW_ALLOWED_INPUTS" in done.stderr
+
+
+def test_a_dry_run_counts_only_what_the_real_run_would_send(stack: Stack) -> None:
+    prefix = f"mixed-{uuid.uuid4().hex[:8]}"
+    for index in range(4):
+        stack.put(f"{prefix}/{index}.jpg", jpeg(960, 540, index))
+    stack.put(f"{prefix}/notes.txt", b"not an image")
+    stack.put(f"{prefix}/results/old-job/result.json", b"{}")  # a results folder inside
+    stack.put(f"{prefix}/bad/../x.jpg", jpeg(64, 64))  # a key no job may name
+    run = ["enqueue-prefix", f"s3://inbox/{prefix}/", "--task", "caption"]
+    run += ["--output", f"s3://inbox/{prefix}/results"]
+    dry = gvw(*run, "--dry-run", env=stack.env)
+    assert dry.returncode == 0, dry.stderr
+    assert "dry run: 4 images" in dry.stdout, dry.stdout
+    assert "1,548 image tokens a job, from the headers of 4 sampled objects)" in dry.stdout
+    assert "left out 1 objects whose keys no job may name" in dry.stderr
+
+    real = gvw(*run, "--wait", env=stack.env)
+    assert real.returncode == 0, real.stdout + real.stderr
+    assert "listed 4, submitted 4" in real.stdout and "succeeded 4, failed 0" in real.stdout
+    again = gvw(*run, "--dry-run", env=stack.env)
+    assert "dry run: 0 images" in again.stdout and "(4 more are done already)" in again.stdout
+
+
+def test_the_readme_dry_run_example_prints_what_the_command_prints(stack: Stack) -> None:
+    from tests.integration.test_readme_for_real import README
+
+    text = README.read_text()
+    example = text[text.index("$ gvw enqueue-prefix s3://inbox/catalogue/") :]
+    example = example[: example.index("```")]
+    command = example.split("\n$")[0].replace("\\\n", " ").removeprefix("$ ")
+    words = shlex.split(command.splitlines()[0])
+    readme_out = re.search(r"\(([\d,]+) image tokens a job.*\(([\d,]+) a job, output", example)
+    assert readme_out is not None, example
+    readme_cost = re.search(r"\$([\d.,]+) interactive, \$([\d.,]+) through", example)
+    readme_jobs = re.search(r"dry run: ([\d,]+) images", example)
+    assert readme_cost is not None and readme_jobs is not None
+
+    prefix = f"readme-{uuid.uuid4().hex[:8]}"
+    for index in range(3):
+        stack.put(f"{prefix}/{index}.jpg", jpeg(1200, 900, index))
+    words[2] = f"s3://inbox/{prefix}/"
+    done = gvw(*words[1:], env=stack.env)
+    assert done.returncode == 0, done.stderr
+    ours = re.search(r"\(([\d,]+) image tokens a job.*\(([\d,]+) a job, output", done.stdout)
+    assert ours is not None, done.stdout
+    assert ours.groups() == readme_out.groups(), (done.stdout, example)
+    # the README's cost is its token counts at the shipped prices
+    from worker.prices import load_prices
+
+    tokens = re.search(r"about ([\d,]+) in .* at most ([\d,]+) out", example)
+    assert tokens is not None, example
+    tokens_in, tokens_out = (int(t.replace(",", "")) for t in tokens.groups())
+    price = load_prices(None).price_of("gemini-2.5-flash")
+    assert price is not None
+    usd = (tokens_in * price.input_usd + tokens_out * price.output_usd) / 1e6
+    interactive, batch = (float(x.replace(",", "")) for x in readme_cost.groups())
+    assert interactive == pytest.approx(usd, abs=0.01)
+    assert batch == pytest.approx(interactive / 2, abs=0.01)
+    jobs = int(readme_jobs.group(1).replace(",", ""))
+    assert jobs * int(ours.group(2).replace(",", "")) == tokens_out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -291,3 +292,140 @@ def test_worker_loglevel_flag_wins_over_the_environment(stack: Stack, tmp_path: 
     assert " INFO " not in logs["flag"], logs["flag"][:2000]
     assert " INFO " in logs["env"]
     assert not any(line.startswith("{") for line in logs["env"].splitlines())
+
+
+# --- errors that name what is wrong, and the CLI's own gaps -----------------------------------
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GVW_", "GEMINI_", "CELERY_"))}
+    # nothing listens here: each command must stop at its argument or setting, first
+    env["CELERY_BROKER_URL"] = "redis://127.0.0.1:1/0"
+    env["GVW_REDIS_URL"] = "redis://127.0.0.1:1/1"
+    env.update(extra)
+    return env
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        pytest.param("GVW_MAX_DELIVERIES", "five", "a whole number >= 1", id="not-a-number"),
+        pytest.param("GVW_TRANSPORT", "s3url", "one of auto, inline, file_api, url", id="choice"),
+        pytest.param("GVW_RETRY_BASE_S", "-1", "a number > 0", id="out-of-range"),
+    ],
+)
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(["doctor"], id="doctor"),
+        pytest.param(["worker", "--concurrency", "1"], id="worker"),
+        pytest.param(["submit", "caption", "s3://inbox/a.png"], id="submit"),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_the_variable_its_value_and_what_is_allowed(
+    command: list[str], variable: str, value: str, says: str, tmp_path: Path
+) -> None:
+    done = gvw(*command, env=_clean_env(**{variable: value}), cwd=tmp_path, timeout_s=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    line = done.stderr.strip()
+    assert line.count("\n") == 0, line
+    assert f"{variable}={value!r}" in line and says in line, line
+    assert "ValidationError" not in line and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        pytest.param(["--schema", "{bad"], "--schema: its value is not valid JSON", id="schema"),
+        pytest.param(["--schema", "@/no/such.json"], "--schema: cannot read", id="schema-file"),
+        pytest.param(["--options", "{bad"], "--options: its value is not valid JSON", id="options"),
+        pytest.param(["--options", "[1]"], "--options: expected a JSON object", id="options-list"),
+    ],
+)
+def test_a_bad_json_flag_is_one_line_naming_the_flag(flags: list[str], says: str) -> None:
+    done = gvw("submit", "custom", "s3://inbox/a.png", "--prompt", "x", *flags, env=_clean_env())
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and says in done.stderr, done.stderr
+    assert "JSONDecodeError" not in done.stderr
+
+
+def test_submit_takes_options_and_batch_mode_and_refuses_unknown_options() -> None:
+    # refused before the broker (which is down here) with the worker's own message
+    done = gvw(
+        "submit", "caption", "s3://inbox/a.png", "--options", '{"bogus": 1}', env=_clean_env()
+    )
+    assert done.returncode == 1 and "options.bogus: unknown field" in done.stderr, done.stderr
+    sent = gvw(
+        "submit", "caption", "s3://inbox/a.png", "--options", '{"max_items": 3}', "--batch",
+        env=_clean_env(),
+    )  # fmt: skip
+    assert "cannot reach the broker" in sent.stderr, sent.stderr  # valid: it tried to send
+
+
+def test_every_flag_has_help_and_the_exit_statuses_are_documented() -> None:
+    import argparse
+
+    from worker.cli import build_parser
+
+    missing = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    walk(child, f"{path} {name}")
+            elif not isinstance(action, argparse._HelpAction | argparse._VersionAction) and (
+                not action.help
+            ):
+                missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(build_parser(), "gvw")
+    assert missing == [], missing
+    usage = gvw("--help").stdout
+    for status in ("0  success", "1  ", "2  usage", "3  `gvw status`"):
+        assert status in usage, usage
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "many"])
+def test_a_worker_needs_a_positive_concurrency(value: str) -> None:
+    done = gvw("worker", "--concurrency", value, env=_clean_env())
+    assert done.returncode == 2 and "--concurrency" in done.stderr
+
+
+def test_both_emulator_entry_points_take_the_same_flags() -> None:
+    def flags(*command: str) -> set[str]:
+        text = subprocess.run(
+            [sys.executable, *command, "--help"], capture_output=True, text=True, check=True
+        ).stdout
+        return set(re.findall(r"--[a-z][a-z0-9-]+", text)) - {"--help"}
+
+    via_gvw = flags("-m", "worker.cli", "emulator")
+    via_module = flags("-m", "worker.emulator")
+    assert via_gvw == via_module
+    assert {"--host", "--port", "--api-key", "--latency-ms"} <= via_gvw
+
+
+def test_result_shows_the_status_answer_artifacts_cost_and_warnings(stack: Stack) -> None:
+    scene = make_scene(640, 480, shapes=["red circle", "blue rectangle"], seed=21)
+    uri = stack.put(f"cli/{uuid.uuid4().hex}.png", scene.png_bytes())
+    job_id = f"res-{uuid.uuid4().hex[:8]}"
+    done = gvw(
+        "submit", "segment", uri, "--prompt", "the shapes", "--job-id", job_id, "--wait",
+        env=stack.env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    shown = gvw("result", job_id, env=stack.env)
+    assert shown.returncode == 0, shown.stderr
+    first = shown.stdout.splitlines()[0]
+    assert first.startswith(f"{job_id}: succeeded (segment, ") and "$" in first, first
+    assert "2 objects:" in shown.stdout
+    assert shown.stdout.count("mask s3://results/vision/") == 2
+    assert f"overlay: s3://results/vision/{job_id}/attempts/" in shown.stdout
+
+
+def test_a_failed_wait_prints_its_error_once(stack: Stack) -> None:
+    uri = stack.put(f"cli/{uuid.uuid4().hex}.png", b"not an image at all")
+    done = gvw("submit", "caption", uri, "--wait", env=stack.env)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.count("invalid_image") == 1

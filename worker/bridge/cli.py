@@ -63,7 +63,7 @@ def add_source_parsers(parser: argparse.ArgumentParser) -> None:
         "come back after the visibility timeout and end in the queue's dead-letter queue. "
         "SIGTERM / SIGINT stop after the current batch.",
     )
-    sqs.add_argument("--queue-url", required=True, metavar="URL")
+    sqs.add_argument("--queue-url", required=True, metavar="URL", help="the SQS queue S3 notifies")
     sqs.add_argument("--rules", metavar="FILE", help=f"rules file (default ${RULES_ENV})")
     sqs.add_argument(
         "--max-messages", type=int, default=10, metavar="N", help="per receive, 1-10 (default 10)"
@@ -87,8 +87,10 @@ def add_source_parsers(parser: argparse.ArgumentParser) -> None:
         "GVW_BRIDGE_TOKEN set, requests must carry `Authorization: Bearer <token>` (MinIO's auth_token); without it the server "
         "only listens on loopback, for local use. Answers 200 once the jobs are enqueued.",
     )
-    webhook.add_argument("--port", type=int, required=True, metavar="N")
-    webhook.add_argument("--host", default="127.0.0.1")
+    webhook.add_argument(
+        "--port", type=int, required=True, metavar="N", help="port to listen on for events"
+    )
+    webhook.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     webhook.add_argument("--rules", metavar="FILE", help=f"rules file (default ${RULES_ENV})")
 
 
