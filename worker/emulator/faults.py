@@ -14,7 +14,15 @@ from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 ERROR_KINDS: Final = ("429", "429_daily", "500", "503", "400")
-CONTENT_KINDS: Final = ("safety", "prompt_blocked", "max_tokens", "garbage", "empty")
+CONTENT_KINDS: Final = (
+    "safety",
+    "prompt_blocked",
+    "max_tokens",
+    "garbage",
+    "empty",
+    "deep_json",  # an answer of 100,000 nested brackets
+    "many_items",  # a list of 100,000 boxes
+)
 # for the next batch job: `count` of its requests fail (500 each), or the whole batch ends
 # FAILED or EXPIRED with no answers
 BATCH_KINDS: Final = ("batch_request", "batch_failed", "batch_expired")

@@ -36,6 +36,10 @@ from worker.emulator.vision import ImageAnalysis, UndecodableImage, analyse_imag
 
 # text a client cannot parse as JSON, whatever task it asked for
 GARBAGE_TEXT = '```json\n[{"box_2d": [120, 45,, 300 "label": red}\n]] }}\n```'
+# what a runaway or hostile answer can be: JSON nested past any parser's recursion
+# limit, and a list far longer than was asked for
+DEEP_JSON_TEXT = "[" * 100_000 + "]" * 100_000
+MANY_ITEMS = 100_000
 _ANALYSIS_CACHE_SIZE = 32
 # a URL in file_data is fetched within this, as the API does during the request
 _URL_TIMEOUT_S = 30.0
@@ -466,6 +470,15 @@ def _answer_body(
         return prompt_blocked_response(model, prompt_usage(request, sizes, None)), kind
     if kind == "empty":
         return empty_response(model, prompt_usage(request, sizes, "")), kind
+    if kind == "deep_json":
+        return text_response(
+            model, DEEP_JSON_TEXT, "STOP", prompt_usage(request, sizes, DEEP_JSON_TEXT)
+        ), kind
+    if kind == "many_items":
+        many = json.dumps(
+            [{"box_2d": [10, 10, 20, 20], "label": f"thing {i}"} for i in range(MANY_ITEMS)]
+        )
+        return text_response(model, many, "STOP", prompt_usage(request, sizes, many)), kind
     if kind == "garbage":
         return text_response(
             model, GARBAGE_TEXT, "STOP", prompt_usage(request, sizes, GARBAGE_TEXT)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -61,10 +62,14 @@ _WARM_UP_RESPONSE: dict[str, Any] = {
 
 class GeminiGateway:
     def __init__(self, *, api_key: str | None, base_url: str | None, timeout_s: float) -> None:
+        # the body of this thread's last generateContent answer: kept for the one case
+        # the SDK cannot read an answer it was paid for (see `generate`)
+        self._answer_body = threading.local()
         http_options = types.HttpOptions(
             base_url=base_url,
             # HttpOptions.timeout is in milliseconds
             timeout=int(timeout_s * 1000),
+            client_args={"event_hooks": {"response": [self._keep_answer_body]}},
         )
         # A placeholder key keeps the SDK from refusing to build a client against an
         # emulator that needs none; Google itself answers 400 API_KEY_INVALID to it.
@@ -114,11 +119,28 @@ class GeminiGateway:
         contents = self._contents(images, request, resolution.per_part)
         uses_files = any(part.file_uri is not None and not part.fetched for part in images)
         uses_urls = any(part.fetched for part in images)
+        self._answer_body.value = b""
         with gemini_errors(uses_files=uses_files, uses_urls=uses_urls):
-            response = self._client.models.generate_content(
-                model=model, contents=contents, config=config
-            )
+            try:
+                response = self._client.models.generate_content(
+                    model=model, contents=contents, config=config
+                )
+            except RecursionError:
+                # With a response schema the SDK parses the answer's text as JSON for
+                # itself (`parsed`, which we never read), catching only ValueError: JSON
+                # nested past the recursion limit escapes it. The answer was paid for and
+                # is unreadable: a bad answer, re-asked a bounded number of times, with
+                # the text the model sent.
+                raise ModelOutputInvalid(
+                    "the answer nests JSON deeper than it can be read",
+                    raw_text=_answer_text(self._answer_body.value),
+                ) from None
         return read_response(response)
+
+    def _keep_answer_body(self, response: Any) -> None:
+        if str(response.request.url.path).endswith(":generateContent"):
+            response.read()
+            self._answer_body.value = response.content
 
     # --- the File API ---------------------------------------------------------------------
 
@@ -299,6 +321,16 @@ class GeminiGateway:
             max_output_tokens=options.max_output_tokens,
             media_resolution=types.MediaResolution(resolution) if resolution else None,
         )
+
+
+def _answer_text(body: bytes) -> str:
+    """The text of a generateContent answer's raw body (its first candidate's parts)."""
+    try:
+        answer = json.loads(body)
+        parts = answer["candidates"][0]["content"]["parts"]
+        return "".join(p.get("text", "") for p in parts if not p.get("thought"))
+    except (ValueError, RecursionError, LookupError, TypeError, AttributeError):
+        return body.decode("utf-8", "replace")
 
 
 def read_response(response: types.GenerateContentResponse) -> ModelAnswer:
