@@ -25,8 +25,12 @@ its boundary, always ``raise ... from exc``.
     ├── ModelOutputInvalid           model_output_invalid, retried a bounded number of times
     └── RetryableError               retried with backoff, then error.json
         ├── ModelRateLimited         429 per-minute quota, carries retry_after_s
-        ├── ModelUnavailable         500/502/503/504, timeouts, connection resets
-        ├── StorageUnavailable       S3 5xx, SlowDown, timeouts
+        ├── BudgetExhausted          quota_exhausted    (the fleet's day budget: a wait)
+        ├── DependencyUnavailable    a service the job needs is down: a wait, bounded by
+        │   │                        GVW_OUTAGE_MAX_WAIT_S, never a spent retry
+        │   ├── ModelUnavailable     model_error        (500/502/503/504, timeouts, resets)
+        │   ├── StorageUnavailable   internal           (S3 5xx, SlowDown, unreachable)
+        │   └── FleetUnavailable     internal           (GVW_REDIS_URL unreachable)
         ├── AttemptTimedOut          internal           (past the soft time limit)
         ├── JobBusy                  internal           (another worker holds the job)
         └── RecordNotWritten         internal           (failed for good, but storage did
@@ -213,12 +217,31 @@ class BudgetExhausted(RetryableError):
         super().__init__(message, retry_after_s=retry_after_s, **details)
 
 
-class ModelUnavailable(RetryableError):
+class DependencyUnavailable(RetryableError):
+    """A service the job needs does not answer (Gemini, storage, the fleet's Redis): not
+    the job's fault. The job waits for it, with capped backoff and without spending its
+    retries, and ends with its real result once the service is back; only past
+    GVW_OUTAGE_MAX_WAIT_S does it get a record saying what it waited for."""
+
+    #: the service, in words, for logs and records
+    dependency: ClassVar[str] = "a dependency"
+
+
+class ModelUnavailable(DependencyUnavailable):
     code = "model_error"
+    dependency = "Gemini"
 
 
-class StorageUnavailable(RetryableError):
+class StorageUnavailable(DependencyUnavailable):
     code = "internal"
+    dependency = "storage"
+
+
+class FleetUnavailable(DependencyUnavailable):
+    """The fleet's Redis (GVW_REDIS_URL: locks, claims, caches, counters) does not answer."""
+
+    code = "internal"
+    dependency = "the fleet's Redis (GVW_REDIS_URL)"
 
 
 class AttemptTimedOut(RetryableError):

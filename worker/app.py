@@ -7,24 +7,35 @@ setting below makes a lost or failed delivery come back rather than vanish.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
+import time
+import warnings
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import redis
 from celery import Celery, Task, bootsteps, signals
 from celery.concurrency import get_implementation
-from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.exceptions import (
+    CPendingDeprecationWarning,
+    Reject,
+    SoftTimeLimitExceeded,
+    TimeLimitExceeded,
+)
 from kombu.exceptions import OperationalError
 
 from tasks import registry
 from tasks.errors import (
     AttemptTimedOut,
+    FleetUnavailable,
     GvwError,
     InvalidJob,
     RecordNotWritten,
     RetryableError,
+    StorageUnavailable,
     WorkerLost,
 )
 from worker import runtime
@@ -38,12 +49,13 @@ from worker.observability import (
     configure_logging,
     start_metrics_server,
 )
+from worker.outage_log import OUTAGES
 from worker.pipeline import run
 from worker.ports import Ports
 from worker.producer import QUEUE, TASK_NAME
 from worker.records import Outcome
 from worker.remote_control import restrict_remote_control
-from worker.retry_policy import RetryPolicy, is_waiting
+from worker.retry_policy import RetryPolicy, is_outage, is_waiting
 from worker.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -89,6 +101,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "task_soft_time_limit": settings.gvw_soft_time_limit_s,
         "task_time_limit": settings.gvw_hard_time_limit_s,
+        # a prefork child running a job when the broker goes away is stopped, and its
+        # message goes back on the queue once the broker answers (worker.broker_transport);
+        # a thread cannot be stopped, so a thread pool lets it finish (see _init_worker)
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         # With REMAP_SIGTERM=SIGQUIT (set in infra/Dockerfile), a deploy's SIGTERM is a cold
         # shutdown: running jobs get this long to finish, then their messages go back to
@@ -160,6 +175,16 @@ def _init_worker(sender: Any = None, **_: Any) -> None:
         raise SystemExit(2)  # a BaseException: Celery's signal dispatch lets it through
     # producers share the broker: only read-only control commands are obeyed
     restrict_remote_control()
+    if sender is not None and _pool_runs_jobs_here(getattr(sender, "pool_cls", None)):
+        # Celery cannot stop a thread: trying writes a traceback per running job on every
+        # broker outage. The job runs on; its message is put back on the queue when the
+        # broker answers (worker.broker_transport), and a second run finds its result.
+        sender.app.conf.worker_cancel_long_running_tasks_on_connection_loss = False
+        # ... and Celery's warning that the setting will default to True in Celery 6 is
+        # about a choice made here on purpose
+        warnings.filterwarnings(
+            "ignore", category=CPendingDeprecationWarning, message=r"\s*In Celery 5\.1"
+        )
     runtime.init_process(warm=_pool_runs_jobs_here(getattr(sender, "pool_cls", None)))
     settings = runtime.settings()
     start_metrics_server(
@@ -199,6 +224,7 @@ def retry_policy(settings: Settings) -> RetryPolicy:
         max_retries=settings.gvw_max_retries,
         output_retries=settings.gvw_output_retries,
         max_timeouts=settings.gvw_max_deliveries - 1,
+        max_outage_wait_s=settings.gvw_outage_max_wait_s,
     )
 
 
@@ -210,6 +236,19 @@ class AnalyzeTask(Task):
     calls `on_failure` in the worker's main process for a hard timeout: the job is sent
     again a bounded number of times (`GVW_MAX_DELIVERIES`), then gets its error.json.
     """
+
+    def retry(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's retry, except when the retry cannot be sent (the broker is away):
+        Celery then rejects the message *without* requeueing it, and once the broker
+        answers again that reject deletes the job. Here the message is requeued instead
+        (put back where it was, or, while the broker is still away, restored on
+        reconnection by worker.broker_transport): a job is never dropped for an outage."""
+        try:
+            return super().retry(*args, **kwargs)
+        except Reject as reject:
+            if reject.requeue:
+                raise
+            raise Reject(reject.reason, requeue=True) from reject
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
@@ -290,6 +329,7 @@ def analyze(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         )
     try:
         outcome = run(parsed, ports, attempt=retries + 1)
+        OUTAGES.through()
         return _ended(outcome, parsed.task)
     except RecordNotWritten as err:
         return _retry_record(self, ports, parsed.job_id, parsed.task, err)
@@ -302,37 +342,93 @@ def analyze(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     except Exception as exc:  # a bug must end in a record too, never in silence
         log.exception("unexpected error", extra={"job_id": parsed.job_id})
         error = InternalError(f"{exc.__class__.__name__}: {exc}")
-    policy = retry_policy(ports.settings)
-    waits = _waits(ports, parsed.job_id, count_one=is_waiting(error))
-    if policy.should_retry(error, retries, waits_so_far=waits):
-        countdown_s = policy.countdown_s(error, retries - waits)
-        log.info(
-            "retrying job",
-            extra={"job_id": parsed.job_id, "code": error.code, "countdown_s": countdown_s},
-        )
-        RETRIES.labels(type(error).__name__).inc()
-        raise self.retry(countdown=countdown_s, max_retries=None, exc=error)
-    return _record_failure(
+    return _retry_or_record(
         self,
         ports,
+        error,
         job_id=parsed.job_id,
         task=parsed.task,
         output=parsed.output,
-        error=error,
         attempts=retries + 1,
         job=job,
         fingerprint=job_fingerprint(parsed, ports.settings),
     )
 
 
-def _waits(ports: Ports, job_id: str, *, count_one: bool) -> int:
-    """How many times the job waited so far (went back to the queue without failing),
-    this time included when ``count_one``. Redis down: taken as none, the old count."""
-    try:
-        return ports.deliveries.count_wait(job_id) if count_one else ports.deliveries.waits(job_id)
-    except redis.RedisError:
-        log.warning("could not count the job's waits", extra={"job_id": job_id}, exc_info=True)
-        return 0
+def _count_wait(ports: Ports, job_id: str) -> None:
+    """The fleet's count of a job's waits, for operators (the message's own count is the
+    one the retry policy reads): best effort, nothing when Redis does not answer."""
+    with contextlib.suppress(FleetUnavailable, redis.RedisError):
+        ports.deliveries.count_wait(job_id)
+
+
+# Message headers a job's retries carry (Celery keeps custom headers on the message, and a
+# retry is sent with ours): how often it waited (went back to the queue without failing),
+# and since when, and how often, it has waited for a service that is down. In the message,
+# not in Redis: they hold while Redis is the service that is down.
+WAITS_HEADER = "gvw_waits"
+OUTAGE_SINCE_HEADER = "gvw_outage_since"
+OUTAGE_WAITS_HEADER = "gvw_outage_waits"
+
+
+@dataclass(frozen=True)
+class Waits:
+    """What a job's message says of its waits so far (`WAITS_HEADER` and the rest)."""
+
+    waits: int = 0
+    outage_since: float | None = None
+    outage_waits: int = 0
+
+    @classmethod
+    def of(cls, request: Any) -> Waits:
+        def number(name: str) -> float | None:
+            value = getattr(request, name, None)
+            return float(value) if isinstance(value, int | float) and value >= 0 else None
+
+        return cls(
+            waits=int(number(WAITS_HEADER) or 0),
+            outage_since=number(OUTAGE_SINCE_HEADER),
+            outage_waits=int(number(OUTAGE_WAITS_HEADER) or 0),
+        )
+
+
+def _retry_or_record(
+    self: Task, ports: Ports, error: GvwError, *, job_id: str, **failure: Any
+) -> dict[str, Any]:
+    """Send the job back to the queue (a retry, a wait, a wait for a service that is
+    down), or write its error record when it is done trying."""
+    policy = retry_policy(ports.settings)
+    retries = int(self.request.retries or 0)
+    seen = Waits.of(self.request)
+    outage = is_outage(error)
+    now = time.time()
+    outage_since = (seen.outage_since or now) if outage else None
+    outage_s = now - outage_since if outage_since is not None else 0.0
+    waits = seen.waits + (1 if outage or is_waiting(error) else 0)
+    if policy.should_retry(error, retries, waits_so_far=waits, outage_s=outage_s):
+        countdown_s = policy.countdown_s(error, retries - waits, outage_waits=seen.outage_waits)
+        headers: dict[str, Any] = {WAITS_HEADER: waits}
+        if is_waiting(error):
+            _count_wait(ports, job_id)
+        if outage_since is not None:
+            headers[OUTAGE_SINCE_HEADER] = outage_since
+            headers[OUTAGE_WAITS_HEADER] = seen.outage_waits + 1
+            OUTAGES.waiting(error, job_id=job_id, countdown_s=countdown_s)  # type: ignore[arg-type]
+        else:
+            log.info(
+                "retrying job",
+                extra={"job_id": job_id, "code": error.code, "countdown_s": countdown_s},
+            )
+        RETRIES.labels(type(error).__name__).inc()
+        raise self.retry(countdown=countdown_s, max_retries=None, exc=error, headers=headers)
+    if outage:
+        # waited as long as a job may: the record says for what, and how long
+        error = type(error)(
+            f"{error.message} (waited {outage_s:.0f} s for {getattr(error, 'dependency', '')} "
+            f"to answer; GVW_OUTAGE_MAX_WAIT_S is {ports.settings.gvw_outage_max_wait_s:g})",
+            **error.details,
+        )
+    return _record_failure(self, ports, job_id=job_id, error=error, **failure)
 
 
 def _job_argument(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, str | None]:
@@ -350,32 +446,43 @@ def _job_argument(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, s
 
 def _record_failure(self: Task, ports: Ports, **failure: Any) -> dict[str, Any]:
     """Write the job's error record (dead-letter entry first); when storage does not take
-    it, the message comes back to write it later."""
+    it, the message comes back to write it later; when the fleet's Redis does not answer,
+    the job waits for it (its record is written once it is back)."""
     try:
         outcome = publish_error(ports, **failure)
     except RecordNotWritten as err:
         return _retry_record(self, ports, failure["job_id"], failure["task"], err)
+    except FleetUnavailable as err:
+        return _retry_or_record(
+            self, ports, err, **{k: v for k, v in failure.items() if k != "error"}
+        )
+    OUTAGES.through()
     return _ended(outcome, failure["task"])
 
 
 def _retry_record(
     self: Task, ports: Ports, job_id: str, task: str | None, err: RecordNotWritten
 ) -> dict[str, Any]:
-    """The job failed for good, but storage did not take error.json: send the message
-    back to write it later (its dead-letter entry holds it), at most GVW_MAX_DELIVERIES
-    times; then the entry is the job's only record, and says so."""
-    tries = ports.deliveries.count(f"{job_id}:record", 0)
-    if tries <= ports.settings.gvw_max_deliveries:
-        countdown_s = retry_policy(ports.settings).countdown_s(err, tries - 1)
-        log.warning(
-            "could not write the error record, trying again later",
-            extra={"job_id": job_id, "countdown_s": countdown_s, "error_message": err.message},
-        )
+    """The job failed for good, but storage did not take error.json: storage is down, and
+    the message waits for it (as for any outage, up to GVW_OUTAGE_MAX_WAIT_S) to write the
+    record its dead-letter entry keeps, without running the job again. Past that bound the
+    entry is the job's only record, and the log says so."""
+    seen = Waits.of(self.request)
+    now = time.time()
+    since = seen.outage_since or now
+    if now - since <= ports.settings.gvw_outage_max_wait_s:
+        countdown_s = retry_policy(ports.settings).outage_countdown_s(seen.outage_waits)
+        OUTAGES.waiting(StorageUnavailable(err.message), job_id=job_id, countdown_s=countdown_s)
         RETRIES.labels(type(err).__name__).inc()
-        raise self.retry(countdown=countdown_s, max_retries=None, exc=err)
+        headers = {
+            WAITS_HEADER: seen.waits + 1,
+            OUTAGE_SINCE_HEADER: since,
+            OUTAGE_WAITS_HEADER: seen.outage_waits + 1,
+        }
+        raise self.retry(countdown=countdown_s, max_retries=None, exc=err, headers=headers)
     log.error(
         "gave up writing the error record; the dead-letter index keeps it (gvw dead-letters list)",
-        extra={"job_id": job_id, "tries": tries, "error_message": err.message},
+        extra={"job_id": job_id, "waited_s": round(now - since), "error_message": err.message},
     )
     JOBS.labels(_task_label(task), "failed").inc()
     return {"job_id": job_id, "status": "failed", "uri": "", "already_done": False}

@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 # (queue key, message) pairs taken off Redis whose unacked record could not be written.
 # Process-wide: the reconnect that returns them builds a new Transport.
 _held: list[tuple[str, dict[str, Any]]] = []
+# delivery tags of messages this process had received and not yet acknowledged when its
+# broker connection broke: their unacked records (kept by a Redis with persistence) go
+# back on the queue as soon as Redis answers, not after the visibility timeout
+_held_tags: list[str] = []
 _held_lock = threading.Lock()
 
 
@@ -41,19 +45,49 @@ def _forget_in_child() -> None:
     # child opens channels to publish); the parent is the one that returns it
     global _held_lock
     _held.clear()
+    _held_tags.clear()
     _held_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_in_child)
 
 
+class QoS(kombu_redis.QoS):
+    def restore_unacked(self, client: Any = None) -> None:
+        """kombu's: every message this channel received and did not acknowledge goes back
+        on the queue (a reconnection, a shutdown). When Redis does not answer (the reason
+        for a reconnection, often), kombu gives up and the messages wait in ``unacked``
+        for the visibility timeout (15 minutes by default) while nobody runs them. Here
+        what could not be put back is remembered and put back when Redis answers again
+        (`Channel._return_held`)."""
+        tags = list(self._delivered)
+        self._delivered.clear()
+        restored = 0
+        try:
+            with self.channel.conn_or_acquire(client) as conn:
+                for tag in tags:
+                    self.restore_by_tag(tag, client=conn)
+                    restored += 1
+        except self.channel.connection_errors:
+            left = tags[restored:]
+            with _held_lock:
+                _held_tags.extend(left)
+            log.warning(
+                "the broker went away with %d job(s) received here and not finished; "
+                "they go back on the queue when it answers again",
+                len(left),
+            )
+
+
 class Channel(kombu_redis.Channel):
+    QoS = QoS
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # raises unless Redis answered a PING
         self._return_held()
 
     def _brpop_start(self, timeout: Any = None) -> None:
-        if _held:  # a bare read: the lock is for the hand-back itself
+        if _held or _held_tags:  # a bare read: the lock is for the hand-back itself
             self._return_held()
         super()._brpop_start(timeout)
 
@@ -71,6 +105,7 @@ class Channel(kombu_redis.Channel):
             _held.append((self._q_for_pri(queue, priority), message))
 
     def _return_held(self) -> None:
+        self._return_held_tags()
         with _held_lock:
             held = list(_held)
             if not held:
@@ -95,6 +130,27 @@ class Channel(kombu_redis.Channel):
                 "a job taken off the queue as the broker went away was put back on the queue",
                 extra={"job_id": headers.get("id"), "task_name": headers.get("task")},
             )
+
+    def _return_held_tags(self) -> None:
+        """Put back on the queue, next out, the messages whose unacked records this
+        process could not restore when the broker went away: from the record Redis kept
+        (a job acknowledged meanwhile, or restored by another worker, has none left and
+        is not put back twice)."""
+        with _held_lock:
+            tags = list(_held_tags)
+            if not tags:
+                return
+            try:
+                with self.conn_or_acquire() as client:
+                    for tag in tags:
+                        self.qos.restore_by_tag(tag, client=client)  # RPUSH: next out
+            except (*self.connection_errors, self.ResponseError):
+                return  # not yet: the next channel or poll tries again
+            del _held_tags[: len(tags)]
+        log.warning(
+            "put %d job(s) that were in flight when the broker went away back on the queue",
+            len(tags),
+        )
 
 
 class Transport(kombu_redis.Transport):

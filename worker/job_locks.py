@@ -19,6 +19,8 @@ from typing import Protocol
 
 import redis
 
+from tasks.errors import FleetUnavailable
+
 # Delete or extend the key only if it still holds our token: a lock that expired and was
 # taken by another worker must not be released or extended by the first one.
 _RELEASE_LUA = """
@@ -72,7 +74,7 @@ class RedisJobLocks:
         finally:
             stop.set()
             heartbeat.join(timeout=5)
-            with contextlib.suppress(redis.RedisError):  # else it expires within the TTL
+            with contextlib.suppress(redis.RedisError, FleetUnavailable):  # else it expires in TTL
                 self._release(keys=[key], args=[token])
 
     def _keep_alive(self, key: str, token: str, stop: threading.Event) -> None:
@@ -81,7 +83,7 @@ class RedisJobLocks:
             try:
                 if not self._renew(keys=[key], args=[token, self._ttl_ms]):
                     return  # lost it (expired during a long pause): nothing to keep
-            except redis.RedisError:
+            except (redis.RedisError, FleetUnavailable):
                 continue  # Redis briefly away: try again on the next beat
 
 

@@ -187,6 +187,31 @@ def send_logs_to(path: str | None) -> None:
     _destination = path
 
 
+# the error classes of a service being down (tasks.errors.DependencyUnavailable), as
+# Celery's retry line names them
+_OUTAGE_ERRORS = ("FleetUnavailable(", "StorageUnavailable(", "ModelUnavailable(")
+
+
+class OutageWaitFilter(logging.Filter):
+    """Drops Celery's per-job lines of an outage, which `worker.outage_log` and
+    `worker.broker_transport` say in a few lines for all jobs (and gvw_retries_total
+    counts): "Task ... retry: Retry in Ns: FleetUnavailable(...)" (each waiting job, each
+    look, for the whole outage), "Task ... reject requeue=True: Error 111 ..." (a job whose
+    wait could not be sent while the broker was away: it goes back on the queue) and
+    "Task ... cannot be acknowledged after a connection loss ..." (each job in flight when
+    the broker went away)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "celery.app.trace":
+            text = record.getMessage()
+            if " retry: " in text:
+                return not any(name in text for name in _OUTAGE_ERRORS)
+            return " reject requeue=True: " not in text
+        if record.name == "celery.worker.consumer.consumer":
+            return "cannot be acknowledged after a connection loss" not in record.getMessage()
+        return True
+
+
 def configure_logging(level: str, *, fmt: str = "text", secrets: tuple[str, ...] = ()) -> None:
     """Root logging for this process: ``fmt`` "text" (readable lines) or "json" (one JSON
     object a line, for log pipelines), at ``level``, on stderr or where `send_logs_to`
@@ -200,6 +225,7 @@ def configure_logging(level: str, *, fmt: str = "text", secrets: tuple[str, ...]
     )
     formatter = JsonFormatter(secrets=secrets) if fmt == "json" else TextFormatter(secrets=secrets)
     handler.setFormatter(formatter)
+    handler.addFilter(OutageWaitFilter())
     root = logging.getLogger()
     for old in root.handlers:
         if old is not handler:

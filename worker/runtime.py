@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable
 
-import redis
 from PIL import Image
 
 from tasks import registry
@@ -22,6 +21,7 @@ from worker.answer_store import AnswerStore, LocalAnswerStore, RedisAnswerStore
 from worker.batch_store import Batches, BatchStore, LocalBatchStore
 from worker.budget import Budget, LocalBudget, NoBudget, RedisBudget
 from worker.deliveries import Deliveries, LocalDeliveries, RedisDeliveries
+from worker.fleet_redis import fleet_client
 from worker.gemini import GeminiGateway
 from worker.gemini.file_cache import FileCache, LocalFileCache, RedisFileCache
 from worker.job_claims import JobClaims, LocalJobClaims, RedisJobClaims
@@ -65,7 +65,7 @@ def build_ports(settings: Settings, *, local: bool = False) -> Ports:
             ttl_s=settings.gvw_answer_cache_ttl_s, lead_ttl_s=settings.gvw_hard_time_limit_s
         )
     else:
-        client = redis.Redis.from_url(
+        client = fleet_client(
             settings.gvw_redis_url,
             socket_timeout=10,
             socket_connect_timeout=5,

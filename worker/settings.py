@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     gvw_retry_base_s: float = Field(default=2.0, gt=0)
     gvw_retry_max_s: float = Field(default=120.0, gt=0)
     gvw_max_retries: int = Field(default=8, ge=0)
+    # A service the job needs being down (storage, Gemini 5xx, the fleet's Redis) is not
+    # the job's fault: the job waits for it this long at most, backing off to 30 s
+    # between looks, without spending its retries; then it is recorded as failed, saying
+    # what it waited for.
+    gvw_outage_max_wait_s: float = Field(default=3600.0, ge=0)
     # Model output that cannot be read is asked again this many times, then final.
     gvw_output_retries: int = Field(default=2, ge=0)
     # File API: cache entries end this long before Gemini deletes the file (48 h after

@@ -36,6 +36,7 @@ class TcpGate:
         self.matches = 0
         self.matched = threading.Event()
         self._closed = False
+        self._down = False
         self._threads: list[threading.Thread] = []
         self._spawn(self._accept_loop, "tcp-gate-accept")
 
@@ -64,6 +65,20 @@ class TcpGate:
             held, self._held = self._held, []
         for sock in held:
             self._close(sock)
+
+    def cut(self) -> None:
+        """An outage: every open connection is dropped, and every new one is closed as soon
+        as it is accepted, until `mend`."""
+        with self._mutex:
+            self._down = True
+            open_sockets = list(self._sockets)
+        for sock in open_sockets:
+            self._close(sock)
+
+    def mend(self) -> None:
+        """The end of an outage: connections are forwarded again."""
+        with self._mutex:
+            self._down = False
 
     def close(self) -> None:
         self._closed = True
@@ -96,6 +111,9 @@ class TcpGate:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if self._down:  # unreachable: the connection ends before a byte is answered
+                self._close(client)
+                continue
             try:
                 upstream = socket.create_connection(self._upstream, timeout=10)
                 upstream.settimeout(None)

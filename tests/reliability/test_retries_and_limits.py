@@ -76,6 +76,7 @@ RETRY_BASE_S = 1.0
 RETRY_MAX_S = 8.0
 # above Celery's own default Task.max_retries (3): our policy, not Celery's, must decide
 MAX_RETRIES = 4
+OUTAGE_MAX_WAIT_S = 8.0
 # slower than any healthy backoff step: scheduling, Redis round trips, a loaded 2-core box
 SCHEDULING_SLACK_S = 1.5
 
@@ -87,6 +88,8 @@ def test_5xx_then_success_backs_off_with_bounded_growing_jittered_delays(
         "GVW_RETRY_BASE_S": str(RETRY_BASE_S),
         "GVW_RETRY_MAX_S": str(RETRY_MAX_S),
         "GVW_MAX_RETRIES": str(MAX_RETRIES),
+        # 5xx is Gemini being down: a wait, not a spent retry, bounded by this
+        "GVW_OUTAGE_MAX_WAIT_S": str(OUTAGE_MAX_WAIT_S),
     }
     recovering, hopeless = MODELS[:4], MODELS[4]
     with fleet(workers=2, concurrency=3, extra_env=env) as stack:
@@ -106,13 +109,17 @@ def test_5xx_then_success_backs_off_with_bounded_growing_jittered_delays(
         calls = calls_by_model(stack)
         pending = stack.emulator.pending_faults()
 
-    # a job that keeps failing stops after MAX_RETRIES retries, with an error record
+    # a job whose model stays down waits for it GVW_OUTAGE_MAX_WAIT_S, then is recorded
+    # as model_error saying what it waited for (its retries were never the bound)
     failed = records[hopeless]
     assert failed["status"] == "failed", failed
     assert failed["error"]["code"] == "model_error", failed
-    assert failed["attempts"] == 1 + MAX_RETRIES
-    assert [c["status_code"] for c in calls[hopeless]] == [503] * (1 + MAX_RETRIES)
-    assert [(f["model"], f["count"]) for f in pending] == [(hopeless, 10 - 1 - MAX_RETRIES)]
+    assert "GVW_OUTAGE_MAX_WAIT_S" in failed["error"]["message"], failed
+    hopeless_calls = calls[hopeless]
+    assert [c["status_code"] for c in hopeless_calls] == [503] * len(hopeless_calls)
+    assert failed["attempts"] == len(hopeless_calls)
+    assert arrival_s(hopeless_calls[-1]) - arrival_s(hopeless_calls[0]) >= OUTAGE_MAX_WAIT_S
+    assert [(f["model"], f["count"]) for f in pending] == [(hopeless, 10 - len(hopeless_calls))]
 
     gaps: dict[str, list[float]] = {}
     for model in recovering:
@@ -283,3 +290,36 @@ def test_unreadable_output_is_asked_again_boundedly_then_recorded_with_raw_text(
     # bounded: the unused faults are still queued, nobody kept asking
     left = {f["model"]: f["count"] for f in pending}
     assert left == {garbage: 10 - asked, max_tokens: 10 - asked}, pending
+
+
+def test_deep_or_huge_json_is_unreadable_output_or_cut_never_a_bug(fleet: FleetFactory) -> None:
+    output_retries = int(Settings.model_fields["gvw_output_retries"].default)
+    with fleet(workers=1, concurrency=2) as stack:
+        uri = scene_uri(stack, seed=5)
+        deep_model, many_model = MODELS[:2]
+        stack.emulator.queue_fault("deep_json", count=10, model=deep_model)
+        stack.emulator.queue_fault("many_items", count=1, model=many_model)
+        deep = stack.submit(
+            {"task": "detect", "images": [uri], "prompt": "the shapes", "model": deep_model}
+        )
+        many = stack.submit(
+            {"task": "detect", "images": [uri], "prompt": "the shapes", "model": many_model}
+        )
+        records = dict(zip(("deep", "many"), invariant(stack, [deep, many]), strict=True))
+        calls = calls_by_model(stack)
+
+    # 100,000 nested brackets: a bad answer, re-asked boundedly, what it said kept
+    failed = records["deep"]
+    assert failed["error"]["code"] == "model_output_invalid", failed["error"]
+    assert failed["attempts"] == 1 + output_retries
+    assert len(calls[deep_model]) == 1 + output_retries
+    assert (
+        failed["error"]["raw_text"].startswith("[[[[")
+        and len(failed["error"]["raw_text"]) == 200_000
+    )
+    # 100,000 boxes: cut to max_items (25 by default), saying how many were dropped
+    cut = records["many"]
+    assert cut["status"] == "succeeded", cut
+    assert len(cut["output"]["objects"]) == 25
+    assert any("25 of 100000" in warning for warning in cut["warnings"]), cut["warnings"]
+    assert len(calls[many_model]) == 1

@@ -5,14 +5,18 @@ import random
 import pytest
 
 from tasks.errors import (
+    AttemptTimedOut,
     BudgetExhausted,
+    FleetUnavailable,
     InvalidJob,
     JobBusy,
     ModelOutputInvalid,
     ModelRateLimited,
     ModelUnavailable,
+    RetryableError,
+    StorageUnavailable,
 )
-from worker.retry_policy import RetryPolicy
+from worker.retry_policy import OUTAGE_COUNTDOWN_MAX_S, RetryPolicy
 
 POLICY = RetryPolicy(base_s=2.0, max_s=120.0, max_retries=8, output_retries=2)
 
@@ -22,7 +26,7 @@ def test_permanent_errors_are_never_retried() -> None:
 
 
 def test_transient_errors_retry_until_the_budget_is_spent() -> None:
-    err = ModelUnavailable("503")
+    err = RetryableError("something of the job's own went wrong")
     assert [POLICY.should_retry(err, n) for n in (0, 7, 8)] == [True, True, False]
 
 
@@ -33,7 +37,7 @@ def test_unreadable_output_has_its_own_smaller_budget() -> None:
 
 def test_backoff_grows_is_jittered_and_capped() -> None:
     rng = random.Random(7)
-    err = ModelUnavailable("503")
+    err = RetryableError("something of the job's own went wrong")
     delays = [POLICY.countdown_s(err, n, rng) for n in range(10)]
     for n, delay in enumerate(delays):
         ceiling = min(120.0, 2.0 * 2**n)
@@ -58,7 +62,7 @@ def test_busy_job_comes_back_soon() -> None:
 
 
 def test_waiting_never_uses_up_the_retries_of_real_failures() -> None:
-    err = ModelUnavailable("503")
+    err = RetryableError("something of the job's own went wrong")
     # 45 of the 50 times the job went back it was waiting: 5 failures so far, 8 allowed
     assert POLICY.should_retry(err, 50, waits_so_far=45)
     assert not POLICY.should_retry(err, 50, waits_so_far=42)
@@ -74,3 +78,38 @@ def test_other_waits_are_bounded_against_a_stuck_holder() -> None:
     busy = JobBusy("busy")
     assert POLICY.should_retry(busy, 0, waits_so_far=200)
     assert not POLICY.should_retry(busy, 0, waits_so_far=201)
+
+
+@pytest.mark.parametrize(
+    "outage",
+    [ModelUnavailable("503"), StorageUnavailable("S3 down"), FleetUnavailable("Redis down")],
+    ids=["gemini", "storage", "redis"],
+)
+def test_a_service_that_is_down_is_waited_for_up_to_the_outage_bound_not_the_retries(
+    outage: RetryableError,
+) -> None:
+    policy = RetryPolicy(
+        base_s=2.0, max_s=120.0, max_retries=2, output_retries=2, max_outage_wait_s=600.0
+    )
+    # far more looks than retries: the job is not at fault
+    assert policy.should_retry(outage, 500, waits_so_far=0, outage_s=599.0)
+    assert not policy.should_retry(outage, 0, outage_s=601.0)
+
+
+def test_an_outage_backs_off_on_its_own_count_up_to_thirty_seconds() -> None:
+    rng = random.Random(3)
+    outage = StorageUnavailable("S3 down")
+    delays = [POLICY.countdown_s(outage, 0, rng, outage_waits=n) for n in range(12)]
+    for n, delay in enumerate(delays):
+        ceiling = min(OUTAGE_COUNTDOWN_MAX_S, 2.0 * 2**n)
+        assert ceiling / 2 <= delay <= ceiling
+    assert max(delays) <= OUTAGE_COUNTDOWN_MAX_S  # back within 30 s of the service's return
+
+
+def test_a_timeout_still_has_its_own_small_budget() -> None:
+    policy = RetryPolicy(base_s=1, max_s=10, max_retries=8, output_retries=2, max_timeouts=2)
+    assert [policy.should_retry(AttemptTimedOut("slow"), n) for n in (0, 1, 2)] == [
+        True,
+        True,
+        False,
+    ]
