@@ -29,6 +29,7 @@ import redis
 from tasks.base import ModelRequest
 from worker.gemini.records import GenerationOptions, ModelAnswer, TokenUsage
 from worker.records import now_iso
+from worker.token_lock import LocalTokenLocks, RedisTokenLocks, TokenLocks
 
 # an answer is a few KB; one above this is not worth a Redis value (it is asked again)
 log = logging.getLogger(__name__)
@@ -136,8 +137,12 @@ class _SingleFlight:
     def _get(self, key: str) -> CachedAnswer | None:
         raise NotImplementedError
 
+    # the fleet's token lock (worker.token_lock): the lead of one request's key
+    _locks: TokenLocks
+    _lead_prefix: str = ""
+
     def _try_lead(self, key: str, token: str) -> bool:
-        raise NotImplementedError
+        return self._locks.acquire(self._lead_prefix + key, self.lead_ttl_s, token) is not None
 
     def lookup(self, key: str, *, wait_s: float) -> Lookup:
         deadline = time.monotonic() + wait_s
@@ -161,15 +166,7 @@ class _SingleFlight:
             pause_s = min(pause_s * 1.5, 1.0)
 
     def release(self, key: str, token: str) -> None:
-        raise NotImplementedError
-
-
-_RELEASE_LUA = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-    return redis.call('del', KEYS[1])
-end
-return 0
-"""
+        self._locks.release(self._lead_prefix + key, token)
 
 
 class RedisAnswerCache(_SingleFlight):
@@ -179,18 +176,11 @@ class RedisAnswerCache(_SingleFlight):
         self._lead_prefix = f"gvw:answer-cache-lead:{project}:"
         self._ttl_s = ttl_s
         self.lead_ttl_s = lead_ttl_s
-        self._release = client.register_script(_RELEASE_LUA)
+        self._locks = RedisTokenLocks(client)
 
     def _get(self, key: str) -> CachedAnswer | None:
         raw = self._redis.get(self._prefix + key)
         return _decode(raw) if raw else None  # type: ignore[arg-type]
-
-    def _try_lead(self, key: str, token: str) -> bool:
-        px = max(1, int(self.lead_ttl_s * 1000))
-        return bool(self._redis.set(self._lead_prefix + key, token, px=px, nx=True))
-
-    def release(self, key: str, token: str) -> None:
-        self._release(keys=[self._lead_prefix + key], args=[token])
 
     def put(self, key: str, answer: ModelAnswer, *, job_id: str, replace: bool = False) -> None:
         raw = _encode(answer, job_id)
@@ -210,7 +200,8 @@ class LocalAnswerCache(_SingleFlight):
         self._ttl_s = ttl_s
         self.lead_ttl_s = lead_ttl_s
         self._entries: dict[str, tuple[float, bytes]] = {}
-        self._leads: dict[str, tuple[float, str]] = {}
+        self._locks = LocalTokenLocks()
+        self._lead_prefix = ""
         self._mutex = threading.Lock()
 
     def _get(self, key: str) -> CachedAnswer | None:
@@ -219,20 +210,6 @@ class LocalAnswerCache(_SingleFlight):
         if entry is None or entry[0] < time.monotonic():
             return None
         return _decode(entry[1])
-
-    def _try_lead(self, key: str, token: str) -> bool:
-        now = time.monotonic()
-        with self._mutex:
-            lead = self._leads.get(key)
-            if lead is not None and lead[0] >= now:
-                return False
-            self._leads[key] = (now + self.lead_ttl_s, token)
-            return True
-
-    def release(self, key: str, token: str) -> None:
-        with self._mutex:
-            if self._leads.get(key, (0.0, ""))[1] == token:
-                del self._leads[key]
 
     def put(self, key: str, answer: ModelAnswer, *, job_id: str, replace: bool = False) -> None:
         now = time.monotonic()

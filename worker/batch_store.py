@@ -32,12 +32,18 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis
 
+from worker.token_lock import LocalTokenLocks, RedisTokenLocks, held
+
 _PREFIX = "gvw:batch:"
+# the follower's lock lives this long without renewal: a run killed mid-way holds batch
+# mode up for no longer (a live run renews it every third of it)
+FOLLOWER_LOCK_TTL_S = 15.0
 
 # KEYS[1] = pending list, KEYS[2] = the new batch's hash, KEYS[3] = the open set
 # ARGV[1] = how many, ARGV[2] = batch id, ARGV[3] = model, ARGV[4] = display name,
@@ -114,6 +120,7 @@ class BatchStore:
         self._redis = client
         self._ttl_s = ttl_s
         self._take = client.register_script(_TAKE_LUA)
+        self._locks = RedisTokenLocks(client)
 
     # --- jobs waiting ----------------------------------------------------------------
 
@@ -330,15 +337,10 @@ class BatchStore:
     def release_tick(self) -> None:
         self._redis.delete(f"{_PREFIX}tick")
 
-    def lock(self, ttl_s: float) -> str | None:
-        token = uuid.uuid4().hex
-        if self._redis.set(f"{_PREFIX}lock", token, nx=True, px=int(ttl_s * 1000)):
-            return token
-        return None
-
-    def unlock(self, token: str) -> None:
-        if self._redis.get(f"{_PREFIX}lock") == token.encode():
-            self._redis.delete(f"{_PREFIX}lock")
+    def follower_lock(self) -> AbstractContextManager[str | None]:
+        """One follower run at a time: the fleet's token lock, short-lived and renewed
+        while the run lasts (a killed run frees it within FOLLOWER_LOCK_TTL_S)."""
+        return held(self._locks, f"{_PREFIX}lock", FOLLOWER_LOCK_TTL_S)
 
     def has_work(self) -> bool:
         return bool(self.open_batches()) or any(
@@ -365,7 +367,7 @@ class LocalBatchStore:
         self._timings: dict[str, dict[str, float]] = {}
         self._images: dict[str, list[dict[str, Any]]] = {}
         self._tick_until = 0.0
-        self._lock_token: str | None = None
+        self._locks = LocalTokenLocks()
 
     def add_job(
         self,
@@ -527,18 +529,8 @@ class LocalBatchStore:
     def release_tick(self) -> None:
         self._tick_until = 0.0
 
-    def lock(self, ttl_s: float) -> str | None:
-        # one process: a run that dies takes the process with it, so no expiry is needed
-        with self._guard:
-            if self._lock_token is not None:
-                return None
-            self._lock_token = uuid.uuid4().hex
-            return self._lock_token
-
-    def unlock(self, token: str) -> None:
-        with self._guard:
-            if self._lock_token == token:
-                self._lock_token = None
+    def follower_lock(self) -> AbstractContextManager[str | None]:
+        return held(self._locks, "follower", FOLLOWER_LOCK_TTL_S)
 
     def has_work(self) -> bool:
         return bool(self.open_batches()) or any(

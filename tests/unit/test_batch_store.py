@@ -67,12 +67,12 @@ def test_one_follower_run_is_scheduled_and_one_runs(store: Batches) -> None:
     assert store.claim_tick(within_s=60) and not store.claim_tick(within_s=60)
     store.release_tick()
     assert store.claim_tick(within_s=60)
-    token = store.lock(ttl_s=60)
-    assert token is not None and store.lock(ttl_s=60) is None
-    store.unlock("not-the-token")
-    assert store.lock(ttl_s=60) is None
-    store.unlock(token)
-    assert store.lock(ttl_s=60) is not None
+    with store.follower_lock() as token:
+        assert token is not None
+        with store.follower_lock() as second:
+            assert second is None  # one run at a time
+    with store.follower_lock() as again:
+        assert again is not None  # released at the end of the run
     assert not store.has_work() and store.take("m", 10) is None
 
 
@@ -85,3 +85,11 @@ def test_a_job_listed_twice_or_forgotten_is_not_put_in_a_batch(store: Batches) -
     record = store.take("m", 10)
     assert record is not None and record.job_ids == ["a"]  # once, and b not at all
     assert store.pending_count("m") == 0
+
+
+def test_a_killed_follower_holds_batch_mode_up_for_seconds_not_minutes() -> None:
+    # a run killed mid-way never releases its lock: the lock's life is what it costs
+    client = fakeredis.FakeRedis()
+    with BatchStore(client).follower_lock() as token:
+        assert token is not None
+        assert 0 < int(client.pttl("gvw:batch:lock")) <= 15_000

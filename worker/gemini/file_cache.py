@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Protocol
@@ -27,13 +26,7 @@ import redis
 
 from tasks.errors import ModelUnavailable
 from worker.observability import FILE_EVENTS
-
-_RELEASE_LUA = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-    return redis.call('del', KEYS[1])
-end
-return 0
-"""
+from worker.token_lock import LocalTokenLocks, RedisTokenLocks, TokenLocks
 
 
 @dataclass(frozen=True)
@@ -86,15 +79,19 @@ class _SingleFlight:
     def count(self, event: str, amount: int = 1) -> None:
         raise NotImplementedError
 
+    # the fleet's token lock (worker.token_lock), one per image being uploaded
+    _locks: TokenLocks
+    _lock_prefix: str = ""
+
     def _try_lock(self, sha256: str) -> str | None:
-        raise NotImplementedError
+        return self._locks.acquire(self._lock_prefix + sha256, self.lock_ttl_s)
+
+    def _unlock(self, sha256: str, token: str) -> None:
+        self._locks.release(self._lock_prefix + sha256, token)
 
     def _event(self, event: str) -> None:
         self.count(event)
         FILE_EVENTS.labels(event).inc()
-
-    def _unlock(self, sha256: str, token: str) -> None:
-        raise NotImplementedError
 
     def get_or_upload(
         self,
@@ -156,7 +153,8 @@ class RedisFileCache(_SingleFlight):
         self.lock_ttl_s = lock_ttl_s
         # a waiter outlives a dead holder's lock by a little, then uploads itself
         self.wait_s = wait_s if wait_s is not None else lock_ttl_s + 5.0
-        self._release = client.register_script(_RELEASE_LUA)
+        self._locks = RedisTokenLocks(client)
+        self._lock_prefix = f"{self._prefix}lock:"
 
     def _entry_key(self, sha256: str) -> str:
         return f"{self._prefix}entry:{sha256}"
@@ -182,7 +180,7 @@ class RedisFileCache(_SingleFlight):
         # fresh upload away and upload again itself (one upload per job, not per fleet).
         raw = self._redis.get(key)
         if raw and CachedFile.from_json(raw).uri == uri:  # type: ignore[arg-type]
-            self._release(keys=[key], args=[raw])  # compare-and-delete: still that entry
+            self._locks.release(key, raw)  # compare-and-delete: still that entry
 
     def entries(self) -> Iterator[CachedFile]:
         for key in self._redis.scan_iter(match=f"{self._prefix}entry:*", count=500):
@@ -197,15 +195,6 @@ class RedisFileCache(_SingleFlight):
         raw = self._redis.hgetall(f"{self._prefix}events")
         return {k.decode(): int(v) for k, v in raw.items()}  # type: ignore[union-attr]
 
-    def _try_lock(self, sha256: str) -> str | None:
-        token = uuid.uuid4().hex
-        key = f"{self._prefix}lock:{sha256}"
-        acquired = self._redis.set(key, token, nx=True, px=int(self.lock_ttl_s * 1000))
-        return token if acquired else None
-
-    def _unlock(self, sha256: str, token: str) -> None:
-        self._release(keys=[f"{self._prefix}lock:{sha256}"], args=[token])
-
 
 class LocalFileCache(_SingleFlight):
     """In-process cache for `gvw demo` and single-process use, where there is no Redis."""
@@ -215,7 +204,7 @@ class LocalFileCache(_SingleFlight):
         self.lock_ttl_s = lock_ttl_s
         self.wait_s = lock_ttl_s + 5.0
         self._entries: dict[str, CachedFile] = {}
-        self._locks: dict[str, tuple[str, float]] = {}
+        self._locks = LocalTokenLocks()
         self._counters: dict[str, int] = {}
         self._mutex = threading.Lock()
 
@@ -253,18 +242,3 @@ class LocalFileCache(_SingleFlight):
     def counters(self) -> dict[str, int]:
         with self._mutex:
             return dict(self._counters)
-
-    def _try_lock(self, sha256: str) -> str | None:
-        now = time.monotonic()
-        with self._mutex:
-            held = self._locks.get(sha256)
-            if held is not None and held[1] > now:
-                return None
-            token = uuid.uuid4().hex
-            self._locks[sha256] = (token, now + self.lock_ttl_s)
-            return token
-
-    def _unlock(self, sha256: str, token: str) -> None:
-        with self._mutex:
-            if self._locks.get(sha256, ("", 0.0))[0] == token:
-                del self._locks[sha256]
