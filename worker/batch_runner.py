@@ -58,10 +58,11 @@ class BatchRunner:
     def run_once(self) -> bool | None:
         """One follower run; True while there is work left (a next run is needed), None
         when another run holds the lock (that one schedules the next)."""
-        token = self._store.lock(ttl_s=max(60.0, self._ports.settings.gvw_soft_time_limit_s))
-        if token is None:
-            return None
-        try:
+        with self._store.follower_lock() as token:
+            if token is None:
+                return None
+            # what goes wrong with one batch, or one model's waiting requests, stays
+            # with it: the fleet's other batches go on
             for batch_id in self._store.open_batches():
                 try:
                     self._follow(batch_id)
@@ -69,11 +70,18 @@ class BatchRunner:
                     log.warning(
                         "could not follow a batch", extra={"batch": batch_id, "error": err.message}
                     )
+                except Exception:
+                    log.exception("following a batch failed", extra={"batch": batch_id})
             for model in self._store.pending_models():
-                self._assemble(model)
+                try:
+                    self._assemble(model)
+                except GvwError as err:
+                    log.warning(
+                        "could not assemble a batch", extra={"model": model, "error": err.message}
+                    )
+                except Exception:
+                    log.exception("assembling a batch failed", extra={"model": model})
             return self._store.has_work()
-        finally:
-            self._store.unlock(token)
 
     # --- assembling and submitting -----------------------------------------------------
 
@@ -228,7 +236,15 @@ class BatchRunner:
             self._send_back(record, remote.state)
 
     def _deliver(self, record: BatchRecord) -> None:
-        answers = self._ports.gemini.batch_answers(record.name)
+        try:
+            answers = self._ports.gemini.batch_answers(record.name)
+        except GvwError as err:
+            if err.retryable:
+                raise  # Gemini unreachable: the next run reads them
+            # the answers cannot be had (the result file is gone, 48 h after the batch
+            # ended, or refused): the jobs go again, as for a batch Gemini no longer knows
+            self._send_back(record, f"answers unreadable: {err.message[:200]}")
+            return
         delivered = failed = 0
         spent_usd = 0.0
         for job_id in record.job_ids:

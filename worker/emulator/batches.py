@@ -16,7 +16,8 @@ JSONL result file (`metadata.output.responsesFile`, downloaded with
 `files/{id}:download?alt=media`) for a file batch, one `{"key", "response"}` or
 `{"key", "error"}` line per request. Faults: `batch_request` (that many requests of the
 next batch fail with a 500 status of their own), `batch_failed` and `batch_expired` (the
-next batch ends in that state, with no answers).
+next batch ends in that state, with no answers), `batch_bad_line` (that many lines of the
+next file batch's result file are cut mid-way).
 
 Answers are computed when a client first looks after the batch is due, not on a timer, so
 nothing runs in the background and a test decides when time has passed.
@@ -59,6 +60,8 @@ class Batch:
     result_file: str | None = None
     failed_requests: int = 0
     fail_outcome: str | None = None  # BATCH_STATE_FAILED / _EXPIRED from a fault
+    # this many lines of the result file are written broken (a `batch_bad_line` fault)
+    broken_lines: int = 0
 
 
 class BatchStore:
@@ -80,6 +83,8 @@ class BatchStore:
         read_file: Callable[[str], bytes],
         failing_requests: int,
         fail_outcome: str | None,
+        inline_max_bytes: int = MAX_INLINE_BATCH_BYTES,
+        broken_lines: int = 0,
     ) -> Batch:
         if not isinstance(body, dict) or not isinstance(body.get("batch"), dict):
             raise errors.invalid_argument("* BatchGenerateContentRequest.batch: missing")
@@ -90,9 +95,9 @@ class BatchStore:
         inline = (source.get("requests") or {}).get("requests")
         file_name = source.get("fileName") or source.get("file_name")
         if inline is not None:
-            if len(json.dumps(body)) > MAX_INLINE_BATCH_BYTES:
+            if len(json.dumps(body)) > inline_max_bytes:
                 raise errors.invalid_argument(
-                    f"Inline batch requests exceed the limit of {MAX_INLINE_BATCH_BYTES} bytes; "
+                    f"Inline batch requests exceed the limit of {inline_max_bytes} bytes; "
                     "use a file."
                 )
             for item in inline:
@@ -129,6 +134,7 @@ class BatchStore:
             from_file=from_file,
             failed_requests=failing_requests,
             fail_outcome=fail_outcome,
+            broken_lines=broken_lines,
         )
         with self._lock:
             self._batches[batch.name] = batch
@@ -209,10 +215,13 @@ class BatchStore:
         result_file = None
         if batch.from_file:
             lines = []
-            for (key, _request, _metadata), (kind, value) in zip(
-                batch.requests, results, strict=True
+            for index, ((key, _request, _metadata), (kind, value)) in enumerate(
+                zip(batch.requests, results, strict=True)
             ):
-                lines.append(json.dumps({"key": key, kind: value}))
+                line = json.dumps({"key": key, kind: value})
+                if index < batch.broken_lines:
+                    line = line[: len(line) // 2]  # cut mid-way: not JSON any more
+                lines.append(line)
             result_file = store_result_file(("\n".join(lines) + "\n").encode())
         with self._lock:
             batch.results = results

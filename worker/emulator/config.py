@@ -35,6 +35,9 @@ class EmulatorConfig:
     # how long a batch create waits, once the batch exists, before it answers: a caller
     # that dies in that time has a batch it never heard of (what a restart must adopt)
     batch_create_reply_after_s: float = 0.0
+    # the size an inline batch create may have (the API's 20 MB request limit; a larger
+    # one is refused "use a file")
+    batch_inline_max_bytes: int = 20 * 1024 * 1024
 
     def updated(self, values: Mapping[str, Any]) -> EmulatorConfig:
         """A copy with `values` applied; unknown names and wrong types raise ValueError."""

@@ -25,7 +25,7 @@ CONTENT_KINDS: Final = (
 )
 # for the next batch job: `count` of its requests fail (500 each), or the whole batch ends
 # FAILED or EXPIRED with no answers
-BATCH_KINDS: Final = ("batch_request", "batch_failed", "batch_expired")
+BATCH_KINDS: Final = ("batch_request", "batch_failed", "batch_expired", "batch_bad_line")
 FAULT_KINDS: Final = ERROR_KINDS + CONTENT_KINDS + BATCH_KINDS
 
 

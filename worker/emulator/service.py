@@ -357,6 +357,8 @@ class EmulatorService:
             read_file=self._read_input_file,
             failing_requests=fault.count if fault and fault.kind == "batch_request" else 0,
             fail_outcome=outcome.get(fault.kind) if fault else None,
+            inline_max_bytes=self._config.batch_inline_max_bytes,
+            broken_lines=fault.count if fault and fault.kind == "batch_bad_line" else 0,
         )
         self._batch_base_url = base_url
         self.stats.count("batches_created")

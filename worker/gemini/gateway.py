@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -227,10 +228,18 @@ class GeminiGateway:
         inlined = [types.InlinedRequest.model_validate(r) for r in requests]
         config = types.CreateBatchJobConfig(display_name=display_name)
         size = sum(len(json.dumps(r)) for r in requests)
-        with gemini_errors():
-            if size <= inline_max_bytes:
-                job = self._client.batches.create(model=model, src=inlined, config=config)
+        if size <= inline_max_bytes:
+            try:
+                with gemini_errors():
+                    job = self._client.batches.create(model=model, src=inlined, config=config)
                 return _remote_batch(job), "inline"
+            except ModelRejected as err:
+                if not _too_large(err):
+                    raise
+                # our measure of the requests fell short of Gemini's: the same batch as
+                # a file, still at the batch price (never the interactive path)
+                log.info("an inline batch was too large for Gemini: sending it as a file")
+        with gemini_errors():
             lines = (
                 json.dumps({"key": str((r.metadata or {}).get("key")), "request": body})
                 for r, body in ((r, _rest_request(self._client, r)) for r in inlined)
@@ -278,17 +287,11 @@ class GeminiGateway:
                     found[key] = _batch_item(item.response, item.error)
             elif dest is not None and dest.file_name:
                 data = self._client.files.download(file=dest.file_name)
-                for line in data.decode().splitlines():
-                    if not line.strip():
-                        continue
-                    entry = json.loads(line)
-                    response = entry.get("response")
-                    parsed = (
-                        types.GenerateContentResponse._from_response(response=response, kwargs={})
-                        if isinstance(response, dict)
-                        else None
-                    )
-                    found[str(entry.get("key", ""))] = _batch_item(parsed, entry.get("error"))
+                for line in data.decode("utf-8", "replace").splitlines():
+                    if line.strip():
+                        key, answer = _batch_line(line)
+                        if key:
+                            found[key] = answer
         return found
 
     @staticmethod
@@ -321,6 +324,38 @@ class GeminiGateway:
             max_output_tokens=options.max_output_tokens,
             media_resolution=types.MediaResolution(resolution) if resolution else None,
         )
+
+
+_LINE_KEY = re.compile(r'"key"\s*:\s*"([^"\\]{1,200})"')
+
+
+def _batch_line(line: str) -> tuple[str, ModelAnswer | GvwError]:
+    """One line of a batch's result file, read on its own: its key and its answer, or
+    the error it stands for. A line that cannot be read is that request's unreadable
+    answer (re-asked by the usual policy), never an error of the whole file."""
+    try:
+        entry = json.loads(line)
+        if not isinstance(entry, dict):
+            raise ValueError("not a JSON object")
+        response = entry.get("response")
+        parsed = (
+            types.GenerateContentResponse._from_response(response=response, kwargs={})
+            if isinstance(response, dict)
+            else None
+        )
+        return str(entry.get("key", "")), _batch_item(parsed, entry.get("error"))
+    except Exception as exc:  # any way a line can be broken: the line's problem alone
+        found = _LINE_KEY.search(line)
+        return (found.group(1) if found else ""), ModelOutputInvalid(
+            f"its line in the batch's result file could not be read ({type(exc).__name__})",
+            raw_text=line[:100_000],
+        )
+
+
+def _too_large(err: GvwError) -> bool:
+    """Gemini refused a request for its size (an inline batch past its limit)."""
+    text = err.message.lower()
+    return any(word in text for word in ("exceed", "too large", "payload size", "use a file"))
 
 
 def _answer_text(body: bytes) -> str:
