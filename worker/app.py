@@ -12,7 +12,6 @@ import logging
 import re
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -20,7 +19,6 @@ import redis
 from celery import Celery, Task, bootsteps, signals
 from celery.concurrency import get_implementation
 from celery.exceptions import (
-    CPendingDeprecationWarning,
     Reject,
     SoftTimeLimitExceeded,
     TimeLimitExceeded,
@@ -179,12 +177,9 @@ def _init_worker(sender: Any = None, **_: Any) -> None:
         # Celery cannot stop a thread: trying writes a traceback per running job on every
         # broker outage. The job runs on; its message is put back on the queue when the
         # broker answers (worker.broker_transport), and a second run finds its result.
+        # (Celery's notice on each outage that this will be its default is about a choice
+        # made here on purpose: worker.observability.OutageWaitFilter drops it)
         sender.app.conf.worker_cancel_long_running_tasks_on_connection_loss = False
-        # ... and Celery's warning that the setting will default to True in Celery 6 is
-        # about a choice made here on purpose
-        warnings.filterwarnings(
-            "ignore", category=CPendingDeprecationWarning, message=r"\s*In Celery 5\.1"
-        )
     runtime.init_process(warm=_pool_runs_jobs_here(getattr(sender, "pool_cls", None)))
     settings = runtime.settings()
     start_metrics_server(
