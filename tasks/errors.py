@@ -31,6 +31,8 @@ its boundary, always ``raise ... from exc``.
         │   ├── ModelUnavailable     model_error        (500/502/503/504, timeouts, resets)
         │   ├── StorageUnavailable   internal           (S3 5xx, SlowDown, unreachable)
         │   └── FleetUnavailable     internal           (GVW_REDIS_URL unreachable)
+        ├── ModelTimedOut            model_error        (Gemini answered too slowly: the
+        │                                                job's own, retried, not waited for)
         ├── AttemptTimedOut          internal           (past the soft time limit)
         ├── JobBusy                  internal           (another worker holds the job)
         └── RecordNotWritten         internal           (failed for good, but storage did
@@ -242,6 +244,14 @@ class FleetUnavailable(DependencyUnavailable):
 
     code = "internal"
     dependency = "the fleet's Redis (GVW_REDIS_URL)"
+
+
+class ModelTimedOut(RetryableError):
+    """Gemini took longer than GVW_GEMINI_TIMEOUT_S to answer: most often the request
+    itself (a large image, a long thinking budget), so it is retried within the job's
+    retries, not waited for as an outage."""
+
+    code = "model_error"
 
 
 class AttemptTimedOut(RetryableError):

@@ -31,6 +31,7 @@ from tasks.errors import (
     FleetUnavailable,
     GvwError,
     InvalidJob,
+    PermanentError,
     RecordNotWritten,
     RetryableError,
     StorageUnavailable,
@@ -223,6 +224,10 @@ def retry_policy(settings: Settings) -> RetryPolicy:
     )
 
 
+# what publishing a retry raises when the broker does not take it
+_BROKER_AWAY = (OperationalError, ConnectionError, OSError, redis.ConnectionError)
+
+
 class AnalyzeTask(Task):
     """Adds what happens when the pool kills an attempt at the hard time limit.
 
@@ -241,7 +246,8 @@ class AnalyzeTask(Task):
         try:
             return super().retry(*args, **kwargs)
         except Reject as reject:
-            if reject.requeue:
+            # only a retry the broker did not take: anything else is Celery's to decide
+            if reject.requeue or not isinstance(reject.reason, _BROKER_AWAY):
                 raise
             raise Reject(reject.reason, requeue=True) from reject
 
@@ -322,6 +328,20 @@ def analyze(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
             attempts=retries + 1,
             job=job,
         )
+    recorded = _final_error(self.request)
+    if recorded is not None:
+        # the job already failed for good, and came back only to write its record
+        return _record_failure(
+            self,
+            ports,
+            job_id=parsed.job_id,
+            task=parsed.task,
+            output=parsed.output,
+            error=recorded,
+            attempts=retries,
+            job=job,
+            fingerprint=job_fingerprint(parsed, ports.settings),
+        )
     try:
         outcome = run(parsed, ports, attempt=retries + 1)
         OUTAGES.through()
@@ -364,6 +384,18 @@ def _count_wait(ports: Ports, job_id: str) -> None:
 WAITS_HEADER = "gvw_waits"
 OUTAGE_SINCE_HEADER = "gvw_outage_since"
 OUTAGE_WAITS_HEADER = "gvw_outage_waits"
+# a failure whose record could not be written yet (`_wait_to_record`)
+FINAL_ERROR_HEADER = "gvw_final_error"
+
+
+def message_header(request: Any, name: str) -> Any:
+    """A custom header of the task's message: a worker sets it on the request itself, an
+    eager `apply` (in-process tests) keeps it in ``request.headers``."""
+    value = getattr(request, name, None)
+    if value is None:
+        headers = getattr(request, "headers", None)
+        value = headers.get(name) if isinstance(headers, dict) else None
+    return value
 
 
 @dataclass(frozen=True)
@@ -375,13 +407,20 @@ class Waits:
     outage_waits: int = 0
 
     @classmethod
-    def of(cls, request: Any) -> Waits:
+    def of(cls, request: Any, *, job_id: str = "", ports: Ports | None = None) -> Waits:
+        """From the message's headers. A message without them (a job the batch follower
+        sends back) takes the fleet's count of the job's waits, when Redis answers."""
+
         def number(name: str) -> float | None:
-            value = getattr(request, name, None)
+            value = message_header(request, name)
             return float(value) if isinstance(value, int | float) and value >= 0 else None
 
+        waits = number(WAITS_HEADER)
+        if waits is None and ports is not None and job_id:
+            with contextlib.suppress(FleetUnavailable, redis.RedisError):
+                waits = float(ports.deliveries.waits(job_id))
         return cls(
-            waits=int(number(WAITS_HEADER) or 0),
+            waits=int(waits or 0),
             outage_since=number(OUTAGE_SINCE_HEADER),
             outage_waits=int(number(OUTAGE_WAITS_HEADER) or 0),
         )
@@ -394,7 +433,7 @@ def _retry_or_record(
     down), or write its error record when it is done trying."""
     policy = retry_policy(ports.settings)
     retries = int(self.request.retries or 0)
-    seen = Waits.of(self.request)
+    seen = Waits.of(self.request, job_id=job_id, ports=ports)
     outage = is_outage(error)
     now = time.time()
     outage_since = (seen.outage_since or now) if outage else None
@@ -403,7 +442,7 @@ def _retry_or_record(
     if policy.should_retry(error, retries, waits_so_far=waits, outage_s=outage_s):
         countdown_s = policy.countdown_s(error, retries - waits, outage_waits=seen.outage_waits)
         headers: dict[str, Any] = {WAITS_HEADER: waits}
-        if is_waiting(error):
+        if waits > seen.waits:
             _count_wait(ports, job_id)
         if outage_since is not None:
             headers[OUTAGE_SINCE_HEADER] = outage_since
@@ -448,11 +487,39 @@ def _record_failure(self: Task, ports: Ports, **failure: Any) -> dict[str, Any]:
     except RecordNotWritten as err:
         return _retry_record(self, ports, failure["job_id"], failure["task"], err)
     except FleetUnavailable as err:
-        return _retry_or_record(
-            self, ports, err, **{k: v for k, v in failure.items() if k != "error"}
-        )
+        return _wait_to_record(self, ports, err, failure["job_id"], failure["error"])
     OUTAGES.through()
     return _ended(outcome, failure["task"])
+
+
+def _wait_to_record(
+    self: Task, ports: Ports, err: FleetUnavailable, job_id: str, final: GvwError
+) -> dict[str, Any]:
+    """The job failed for good, and its record cannot be written while the fleet's Redis
+    is away (its dead-letter entry and claim live there): the message waits for Redis,
+    however long, carrying the failure (`FINAL_ERROR_HEADER`) so that the next delivery
+    only writes the record, never runs the job (or pays for a call) again."""
+    seen = Waits.of(self.request)
+    countdown_s = retry_policy(ports.settings).outage_countdown_s(seen.outage_waits)
+    OUTAGES.waiting(err, job_id=job_id, countdown_s=countdown_s)
+    RETRIES.labels(type(err).__name__).inc()
+    headers = {
+        WAITS_HEADER: seen.waits + 1,
+        OUTAGE_SINCE_HEADER: seen.outage_since or time.time(),
+        OUTAGE_WAITS_HEADER: seen.outage_waits + 1,
+        FINAL_ERROR_HEADER: final.to_record() | {"code": final.code},
+    }
+    raise self.retry(countdown=countdown_s, max_retries=None, exc=err, headers=headers)
+
+
+def _final_error(request: Any) -> GvwError | None:
+    """The failure a message carries (`_wait_to_record`), as an error of the same code."""
+    carried = message_header(request, FINAL_ERROR_HEADER)
+    if not isinstance(carried, dict) or not isinstance(carried.get("code"), str):
+        return None
+    details = {k: v for k, v in carried.items() if k not in ("code", "message", "retryable")}
+    recorded = type("RecordedError", (PermanentError,), {"code": carried["code"]})
+    return recorded(str(carried.get("message", "")), **details)
 
 
 def _retry_record(

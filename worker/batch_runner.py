@@ -242,8 +242,9 @@ class BatchRunner:
             if err.retryable:
                 raise  # Gemini unreachable: the next run reads them
             # the answers cannot be had (the result file is gone, 48 h after the batch
-            # ended, or refused): the jobs go again, as for a batch Gemini no longer knows
-            self._send_back(record, f"answers unreadable: {err.message[:200]}")
+            # ended, or refused): the jobs go again, as for a batch Gemini no longer knows.
+            # Gemini billed the batch all the same: the budget counts its estimate.
+            self._send_back(record, f"answers unreadable: {err.message[:200]}", billed=True)
             return
         delivered = failed = 0
         spent_usd = 0.0
@@ -275,7 +276,9 @@ class BatchRunner:
             extra={"batch": record.batch_id, "answers": delivered, "failed": failed},
         )
 
-    def _send_back(self, record: BatchRecord, state: str, *, mode: str | None = None) -> None:
+    def _send_back(
+        self, record: BatchRecord, state: str, *, mode: str | None = None, billed: bool = False
+    ) -> None:
         """A batch that failed, expired or was cancelled: its jobs go to the queue again,
         in batch mode or interactive (GVW_BATCH_FALLBACK). A worker builds each request
         anew: the uploads the old one named may be gone (an expired batch is 48 hours
@@ -302,7 +305,9 @@ class BatchRunner:
                     attempt=waiting.attempt,
                 )
                 raise
-        self._settle(record, 0.0)  # a batch without answers is not billed
+        # a batch that ended without answers is not billed; one that succeeded is, at
+        # what it was estimated to cost (its answers, and their usage, are out of reach)
+        self._settle(record, None if billed else 0.0)
         self._store.close(record.batch_id, "returned")
         log.warning(
             "batch ended without answers: its jobs go again",
@@ -316,13 +321,16 @@ class BatchRunner:
         )
         return cost or 0.0
 
-    def _settle(self, record: BatchRecord, spent_usd: float) -> None:
+    def _settle(self, record: BatchRecord, spent_usd: float | None) -> None:
+        """Settle the batch's reservation at ``spent_usd`` (None: at its estimate)."""
         fresh = self._store.batch(record.batch_id)
         if fresh is not None and fresh.budget_day is not None:
             # forgotten first: a run that dies here leaves the reservation to expire with
             # its day rather than letting a second run settle it twice
             self._store.update(record.batch_id, budget_day="")
-            self._ports.budget.settle(Reservation(fresh.budget_day, fresh.budget_micro), spent_usd)
+            reservation = Reservation(fresh.budget_day, fresh.budget_micro)
+            spent = fresh.budget_micro / 1e6 if spent_usd is None else spent_usd
+            self._ports.budget.settle(reservation, spent)
 
     def _fail(
         self, job: dict[str, Any], job_id: str, error: GvwError, tries: int, fingerprint: str

@@ -14,6 +14,7 @@ hands with a message naming the field, and the Celery task id is the job id.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -110,6 +111,7 @@ class VisionClient:
             read_timeout_s=self._settings.gvw_s3_read_timeout_s,
         )
         self._sent: OrderedDict[str, _Sent] = OrderedDict()
+        self._sent_lock = threading.Lock()
         self._redis: Any = None
 
     def validate(self, job: dict[str, Any]) -> Job:
@@ -144,25 +146,35 @@ class VisionClient:
         """Validate every job (as `submit` does), then send them together: pipelined in
         groups on a Redis broker. Nothing is sent when one is invalid."""
         ready = []
+        parsed = []
         for job in jobs:
             data = dict(job)
             data.setdefault("job_id", new_job_id())
-            self.validate(data)
+            parsed.append(self.validate(data))
             ready.append(data)
         send_jobs(ready, broker_url=self._broker_url)
+        for one in parsed:
+            self._remember(one)
         return [str(job["job_id"]) for job in ready]
 
     def _remember(self, parsed: Job) -> None:
-        self._sent[parsed.job_id] = _Sent(parsed)
-        self._sent.move_to_end(parsed.job_id)
-        while len(self._sent) > _SENT_REMEMBERED:
-            self._sent.popitem(last=False)
+        with self._sent_lock:  # a client is shared by a service's threads
+            self._sent[parsed.job_id] = _Sent(parsed)
+            self._sent.move_to_end(parsed.job_id)
+            while len(self._sent) > _SENT_REMEMBERED:
+                self._sent.popitem(last=False)
 
     def _sent_job(self, job_id: str, job: dict[str, Any] | None) -> _Sent | None:
         """The job the caller sent under this id: given, or sent by this client."""
         if job is not None:
             return _Sent(parse_job({**job, "job_id": job_id}))
-        return self._sent.get(job_id)
+        with self._sent_lock:
+            return self._sent.get(job_id)
+
+    @staticmethod
+    def _folder_of(output: str | None, sent: _Sent | None) -> str | None:
+        """Where to look: the caller's ``output``, else the sent job's own."""
+        return output if output is not None else (sent.job.output if sent else None)
 
     def committed(self, *, output: str | None = None) -> dict[str, str]:
         """Every job with a record under the results base (`output`, else
@@ -185,6 +197,7 @@ class VisionClient:
         neither. `JobIdConflict` (invalid_job) when the record is another job's: one this
         client sent under the id, or ``job``, differs from it."""
         sent = self._sent_job(job_id, job)
+        output = self._folder_of(output, sent)
         found = self._stored(job_id, output)
         if found is None:
             return None
@@ -197,6 +210,7 @@ class VisionClient:
         """The job's record, typed (`ResultRecord` or `ErrorRecord`); None while there is
         neither."""
         sent = self._sent_job(job_id, job)
+        output = self._folder_of(output, sent)
         found = self._stored(job_id, output)
         if found is None:
             return None
@@ -230,6 +244,7 @@ class VisionClient:
         id (than the one this client sent, or ``job``) is this job's failure:
         ``invalid_job``, "job_id already used by a different job"."""
         sent = self._sent_job(job_id, job)
+        output = self._folder_of(output, sent)
         fleet = self._fleet_view(job_id)
         refused = len(fleet.refused) if fleet else 0
         try:
@@ -304,6 +319,7 @@ class VisionClient:
         records the workers write under another results folder raises `ResultsElsewhere`.
         Past the timeout, `JobWaitTimeout` (a TimeoutError) says what it saw."""
         sent = self._sent_job(job_id, job)
+        output = self._folder_of(output, sent)
         deadline = time.monotonic() + timeout_s
         pause_s = 0.2
         fleet_read_at = float("-inf")
@@ -375,7 +391,14 @@ class VisionClient:
         this client looks: a refusal or a conflict raises, a dead letter whose record
         storage refused is returned, records in another folder raise ResultsElsewhere."""
         own_folder = job_folder(job_id, output, self._settings)
-        if sent is not None:
+        claimed_by_us = (
+            sent is not None
+            and fleet.claim_fingerprint is not None
+            and fleet.claim_folder is not None
+            and sent.matches(fleet.claim_fingerprint, fleet.claim_folder)
+        )
+        if sent is not None and not claimed_by_us:
+            # (a refusal kept from before the id was free again is not this run's)
             for fingerprint in fleet.refused:
                 if sent.matches(fingerprint, own_folder):
                     raise JobIdConflict(job_id)
@@ -396,12 +419,30 @@ class VisionClient:
         if elsewhere and (
             sent is None or sent.matches(fleet.claim_fingerprint, str(fleet.claim_folder))
         ):
+            failure = self._error_record_in(str(fleet.claim_folder), sent)
+            if failure is not None:
+                # failed where the workers keep records (an output they do not allow
+                # sends its error there): the job's own final record
+                return failure
             raise ResultsElsewhere(
                 f"job {job_id}'s records go to {fleet.claim_folder}/ (the workers' results "
                 f"folder), not {own_folder}/ where this client looks: give producers and "
                 "workers the same GVW_RESULTS_URI, or name the job's output"
             )
         return None
+
+    def _error_record_in(self, folder: str, sent: _Sent | None) -> dict[str, Any] | None:
+        """The job's error.json in ``folder``, when it is there and the sent job's."""
+        uri = folder.rstrip("/") + "/" + ERROR_NAME
+        try:
+            if not self._stores.exists(uri):
+                return None
+            data = self._stores.get_bytes(uri, max_bytes=_MAX_RECORD_BYTES)
+        except GvwError:
+            return None
+        if sent is not None and not sent.matches(read_record(data).fingerprint, folder):
+            return None
+        return dict(json.loads(data))
 
     def _known_to_fleet(
         self, job_id: str, output: str | None, sent: _Sent | None, fleet: _FleetView

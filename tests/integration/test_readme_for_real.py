@@ -98,6 +98,17 @@ class ReadmeDeployment:
             stdin=subprocess.DEVNULL,
         )
 
+    def python(self, code: str) -> subprocess.CompletedProcess[str]:
+        """``code`` run by a producer's Python, with the deployment's variables."""
+        return subprocess.run(
+            [sys.executable, "-c", code],
+            env=self.env,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+
     def put_scene(self, key: str, shapes: list[str], *, jpeg: bool = False) -> str:
         scene = make_scene(480, 360, shapes=shapes, seed=len(key))
         data = scene.jpeg_bytes() if jpeg else scene.png_bytes()
@@ -317,14 +328,7 @@ def test_a_reused_job_id_is_reported_to_its_producer_never_answered_with_another
         print("status:", client.status({job_id!r}, job=job).error_code)
         """
     )
-    ran = subprocess.run(
-        [sys.executable, "-c", probe],
-        env=deployment.env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    ran = deployment.python(probe)
     assert "conflict: invalid_job" in ran.stdout, ran.stderr[-2000:]
     assert "status: invalid_job" in ran.stdout, ran.stderr[-2000:]
 
@@ -380,3 +384,31 @@ def test_a_wait_that_runs_out_says_what_it_saw(deployment: ReadmeDeployment) -> 
         deployment.emulator.configure(latency_ms=0)
     assert slow.returncode == 1
     assert re.search(r"delivered to a worker \d+ s ago", slow.stderr), slow.stderr
+
+
+def test_the_client_checks_jobs_it_sent_together_and_reads_where_each_job_writes(
+    deployment: ReadmeDeployment,
+) -> None:
+    probe = textwrap.dedent(
+        f"""
+        from tasks.errors import JobIdConflict
+        from worker.client import VisionClient
+        client = VisionClient()
+        first = {{"job_id": "{uuid.uuid4().hex[:8]}-m", "task": "caption",
+                  "images": [{deployment.put_scene(f"m/{uuid.uuid4().hex}.png", ["red circle"])!r}]}}
+        client.wait(client.submit(first), timeout_s=60)
+        other = {{**first, "task": "vqa", "prompt": "How many shapes?"}}
+        (job_id,) = client.submit_many([other])  # the same id, another job
+        try:
+            client.wait(job_id, timeout_s=30)
+        except JobIdConflict as err:
+            print("conflict:", err.code)
+        # a job naming its own output: read there without being told again
+        own = {{"task": "caption", "images": first["images"], "output": "s3://results/own"}}
+        record = client.wait(client.submit(own), timeout_s=60)
+        print("own:", record["status"])
+        """
+    )
+    ran = deployment.python(probe)
+    assert "conflict: invalid_job" in ran.stdout, ran.stderr[-2000:]
+    assert "own: succeeded" in ran.stdout, ran.stderr[-2000:]

@@ -122,3 +122,40 @@ def test_translated_errors_survive_pickling_across_celery() -> None:
     assert type(again) is ModelRateLimited
     assert again.retry_after_s == 26.0
     assert again.code == "quota_exhausted"
+
+
+def test_no_connection_is_an_outage_but_a_slow_answer_is_the_requests_own() -> None:
+    import httpx2
+
+    from tasks.errors import ModelTimedOut
+    from worker.gemini.errors import gemini_errors
+    from worker.retry_policy import is_outage
+
+    with pytest.raises(ModelUnavailable) as down, gemini_errors():
+        raise httpx2.ConnectTimeout("no route")
+    assert is_outage(down.value)
+    with pytest.raises(ModelTimedOut) as slow, gemini_errors():
+        raise httpx2.ReadTimeout("no answer in time")
+    assert not is_outage(slow.value) and slow.value.retryable
+
+
+def test_a_result_file_line_is_read_whole_whatever_its_text_holds() -> None:
+    import json
+
+    from worker.gemini.gateway import _batch_line
+    from worker.gemini.records import ModelAnswer
+
+    text = "a line\u2028and a paragraph\u2029and a next line\u0085end"
+    line = json.dumps(
+        {
+            "key": "job-1",
+            "response": {
+                "candidates": [{"content": {"parts": [{"text": text}]}, "finishReason": "STOP"}]
+            },
+        },
+        ensure_ascii=False,
+    )
+    key, answer = _batch_line(line)
+    assert key == "job-1" and isinstance(answer, ModelAnswer) and answer.text == text
+    broken_key, broken = _batch_line(line[: len(line) // 2])
+    assert broken_key == "job-1" and broken.code == "model_output_invalid"  # type: ignore[union-attr]

@@ -32,6 +32,7 @@ from tasks.errors import (
     GvwError,
     ModelRateLimited,
     ModelRejected,
+    ModelTimedOut,
     ModelUnavailable,
     QuotaExhausted,
     UrlNotFetched,
@@ -52,8 +53,12 @@ def gemini_errors(*, uses_files: bool = False, uses_urls: bool = False) -> Itera
             error = _about_files(error)
         # from None: the SDK's exception text may quote the request, URLs included
         raise error from None
+    except httpx2.ConnectTimeout as exc:
+        # no connection at all: Gemini (or the way to it) is down, an outage to wait out
+        raise ModelUnavailable(f"cannot reach Gemini: {exc.__class__.__name__}") from exc
     except (httpx2.TimeoutException, TimeoutError) as exc:
-        raise ModelUnavailable(f"Gemini request timed out: {exc.__class__.__name__}") from exc
+        # connected, but no answer in time: most often the request's own doing
+        raise ModelTimedOut(f"Gemini request timed out: {exc.__class__.__name__}") from exc
     except (httpx2.TransportError, ConnectionError) as exc:
         raise ModelUnavailable(f"cannot reach Gemini: {exc.__class__.__name__}: {exc}") from exc
 

@@ -136,6 +136,8 @@ class GeminiGateway:
                     "the answer nests JSON deeper than it can be read",
                     raw_text=_answer_text(self._answer_body.value),
                 ) from None
+            finally:
+                self._answer_body.value = b""  # not kept past the call
         return read_response(response)
 
     def _keep_answer_body(self, response: Any) -> None:
@@ -287,7 +289,9 @@ class GeminiGateway:
                     found[key] = _batch_item(item.response, item.error)
             elif dest is not None and dest.file_name:
                 data = self._client.files.download(file=dest.file_name)
-                for line in data.decode("utf-8", "replace").splitlines():
+                # lines end at "\n" only: splitlines() would also cut an answer at a
+                # U+2028 or U+0085 its JSON need not escape
+                for line in data.decode("utf-8", "replace").split("\n"):
                     if line.strip():
                         key, answer = _batch_line(line)
                         if key:
