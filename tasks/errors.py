@@ -28,7 +28,7 @@ its boundary, always ``raise ... from exc``.
         ├── BudgetExhausted          quota_exhausted    (the fleet's day budget: a wait)
         ├── DependencyUnavailable    a service the job needs is down: a wait, bounded by
         │   │                        GVW_OUTAGE_MAX_WAIT_S, never a spent retry
-        │   ├── ModelUnavailable     model_error        (500/502/503/504, timeouts, resets)
+        │   ├── ModelUnavailable     model_error        (500/502/503/504, no connection)
         │   ├── StorageUnavailable   internal           (S3 5xx, SlowDown, unreachable)
         │   └── FleetUnavailable     internal           (GVW_REDIS_URL unreachable)
         ├── ModelTimedOut            model_error        (Gemini answered too slowly: the
@@ -268,7 +268,9 @@ class JobBusy(RetryableError):
 
 class RecordNotWritten(RetryableError):
     """The job failed for good, its dead-letter entry holds the error record, but storage
-    did not take error.json: the message comes back later to write it (bounded by
-    GVW_MAX_DELIVERIES), and never runs the job again meanwhile."""
+    did not take error.json: the message waits for storage to write it (as for any
+    outage, up to GVW_OUTAGE_MAX_WAIT_S), and never runs the job again meanwhile."""
 
     code = "internal"
+    #: what it waits for (`worker.outage_log` names it)
+    dependency: ClassVar[str] = "storage"

@@ -13,7 +13,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 import redis
 from celery import Celery, Task, bootsteps, signals
@@ -34,7 +34,6 @@ from tasks.errors import (
     PermanentError,
     RecordNotWritten,
     RetryableError,
-    StorageUnavailable,
     WorkerLost,
 )
 from worker import runtime
@@ -425,6 +424,35 @@ class Waits:
             outage_waits=int(number(OUTAGE_WAITS_HEADER) or 0),
         )
 
+    def outage_headers(self, since: float) -> dict[str, Any]:
+        """The headers of the message that waits once more for a service that is down."""
+        return {
+            WAITS_HEADER: self.waits + 1,
+            OUTAGE_SINCE_HEADER: since,
+            OUTAGE_WAITS_HEADER: self.outage_waits + 1,
+        }
+
+
+def _wait_for_outage(
+    self: Task,
+    ports: Ports,
+    error: GvwError,
+    *,
+    job_id: str,
+    seen: Waits,
+    since: float,
+    countdown_s: float,
+    carried: dict[str, Any] | None = None,
+) -> NoReturn:
+    """The job goes back to the queue to wait once more for the service ``error`` says is
+    down: counted, logged as part of the outage (not as a line per job), and carrying its
+    waits (and ``carried``: more headers) in the message."""
+    _count_wait(ports, job_id)
+    OUTAGES.waiting(error, job_id=job_id, countdown_s=countdown_s)
+    RETRIES.labels(type(error).__name__).inc()
+    headers = {**seen.outage_headers(since), **(carried or {})}
+    raise self.retry(countdown=countdown_s, max_retries=None, exc=error, headers=headers)
+
 
 def _retry_or_record(
     self: Task, ports: Ports, error: GvwError, *, job_id: str, **failure: Any
@@ -441,20 +469,26 @@ def _retry_or_record(
     waits = seen.waits + (1 if outage or is_waiting(error) else 0)
     if policy.should_retry(error, retries, waits_so_far=waits, outage_s=outage_s):
         countdown_s = policy.countdown_s(error, retries - waits, outage_waits=seen.outage_waits)
-        headers: dict[str, Any] = {WAITS_HEADER: waits}
+        if outage_since is not None:
+            _wait_for_outage(
+                self,
+                ports,
+                error,
+                job_id=job_id,
+                seen=seen,
+                since=outage_since,
+                countdown_s=countdown_s,
+            )
         if waits > seen.waits:
             _count_wait(ports, job_id)
-        if outage_since is not None:
-            headers[OUTAGE_SINCE_HEADER] = outage_since
-            headers[OUTAGE_WAITS_HEADER] = seen.outage_waits + 1
-            OUTAGES.waiting(error, job_id=job_id, countdown_s=countdown_s)  # type: ignore[arg-type]
-        else:
-            log.info(
-                "retrying job",
-                extra={"job_id": job_id, "code": error.code, "countdown_s": countdown_s},
-            )
+        log.info(
+            "retrying job",
+            extra={"job_id": job_id, "code": error.code, "countdown_s": countdown_s},
+        )
         RETRIES.labels(type(error).__name__).inc()
-        raise self.retry(countdown=countdown_s, max_retries=None, exc=error, headers=headers)
+        raise self.retry(
+            countdown=countdown_s, max_retries=None, exc=error, headers={WAITS_HEADER: waits}
+        )
     if outage:
         # waited as long as a job may: the record says for what, and how long
         error = type(error)(
@@ -500,16 +534,16 @@ def _wait_to_record(
     however long, carrying the failure (`FINAL_ERROR_HEADER`) so that the next delivery
     only writes the record, never runs the job (or pays for a call) again."""
     seen = Waits.of(self.request)
-    countdown_s = retry_policy(ports.settings).outage_countdown_s(seen.outage_waits)
-    OUTAGES.waiting(err, job_id=job_id, countdown_s=countdown_s)
-    RETRIES.labels(type(err).__name__).inc()
-    headers = {
-        WAITS_HEADER: seen.waits + 1,
-        OUTAGE_SINCE_HEADER: seen.outage_since or time.time(),
-        OUTAGE_WAITS_HEADER: seen.outage_waits + 1,
-        FINAL_ERROR_HEADER: final.to_record() | {"code": final.code},
-    }
-    raise self.retry(countdown=countdown_s, max_retries=None, exc=err, headers=headers)
+    _wait_for_outage(
+        self,
+        ports,
+        err,
+        job_id=job_id,
+        seen=seen,
+        since=seen.outage_since or time.time(),
+        countdown_s=retry_policy(ports.settings).outage_countdown_s(seen.outage_waits),
+        carried={FINAL_ERROR_HEADER: final.to_record() | {"code": final.code}},
+    )
 
 
 def _final_error(request: Any) -> GvwError | None:
@@ -533,15 +567,15 @@ def _retry_record(
     now = time.time()
     since = seen.outage_since or now
     if now - since <= ports.settings.gvw_outage_max_wait_s:
-        countdown_s = retry_policy(ports.settings).outage_countdown_s(seen.outage_waits)
-        OUTAGES.waiting(StorageUnavailable(err.message), job_id=job_id, countdown_s=countdown_s)
-        RETRIES.labels(type(err).__name__).inc()
-        headers = {
-            WAITS_HEADER: seen.waits + 1,
-            OUTAGE_SINCE_HEADER: since,
-            OUTAGE_WAITS_HEADER: seen.outage_waits + 1,
-        }
-        raise self.retry(countdown=countdown_s, max_retries=None, exc=err, headers=headers)
+        _wait_for_outage(
+            self,
+            ports,
+            err,
+            job_id=job_id,
+            seen=seen,
+            since=since,
+            countdown_s=retry_policy(ports.settings).outage_countdown_s(seen.outage_waits),
+        )
     log.error(
         "gave up writing the error record; the dead-letter index keeps it (gvw dead-letters list)",
         extra={"job_id": job_id, "waited_s": round(now - since), "error_message": err.message},

@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from tasks.errors import DependencyUnavailable
+from tasks.errors import GvwError
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +35,18 @@ class OutageLog:
         self._down: dict[str, _Outage] = {}
         self._mutex = threading.Lock()
 
-    def waiting(self, error: DependencyUnavailable, *, job_id: str, countdown_s: float) -> None:
-        """A job goes back to the queue to wait for ``error.dependency``."""
+    def waiting(self, error: GvwError, *, job_id: str, countdown_s: float) -> None:
+        """A job goes back to the queue to wait for ``error.dependency`` (the service a
+        `DependencyUnavailable` or `RecordNotWritten` names)."""
+        dependency = str(getattr(error, "dependency", "a service"))
         now = time.monotonic()
         line: tuple[str, dict[str, object]] | None = None
         with self._mutex:
-            outage = self._down.get(error.dependency)
+            outage = self._down.get(dependency)
             if outage is None:
-                self._down[error.dependency] = _Outage(now, error.message, 1, 0, now)
+                self._down[dependency] = _Outage(now, error.message, 1, 0, now)
                 line = (
-                    f"{error.dependency} is down: jobs wait for it, their retries untouched",
+                    f"{dependency} is down: jobs wait for it, their retries untouched",
                     {"job_id": job_id, "error_message": error.message},
                 )
             else:
@@ -52,7 +54,7 @@ class OutageLog:
                 outage.waits_since_summary += 1
                 if now - outage.summary_at >= self._summary_every_s:
                     line = (
-                        f"{error.dependency} still down after {now - outage.since:.0f} s: "
+                        f"{dependency} still down after {now - outage.since:.0f} s: "
                         f"{outage.waits_since_summary} job waits in the last "
                         f"{now - outage.summary_at:.0f} s",
                         {"error_message": error.message},
