@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.harnes
 
 from tests.harness import Stack, running_stack
 from worker.emulator.scenes import make_scene
-from worker.progress import Progress
+from worker.producers.progress import Progress
 
 BATCH_ENV = {
     "GVW_BATCH_MAX_WAIT_S": "2",

@@ -41,7 +41,7 @@ from PIL import Image
 from tests.harness import Stack, running_stack, wait_until
 from tests.reliability.fakes import S3Proxy
 from worker.emulator.scenes import make_scene
-from worker.progress import Progress
+from worker.producers.progress import Progress
 
 LOGS = Path(tempfile.mkdtemp(prefix="gvw-bench-cost-"))
 

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.harnes
 
 from tests.harness import services
 from tests.reliability.fakes import S3Proxy
-from worker.bulk import RedisSentLog, enqueue_prefix, run_key
-from worker.client import VisionClient
+from worker.producers.bulk import RedisSentLog, enqueue_prefix, run_key
+from worker.producers.client import VisionClient
 from worker.settings import Settings
 from worker.storage import StoreRouter
 

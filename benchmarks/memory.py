@@ -1,6 +1,6 @@
 """A worker's peak memory for a job of many large images, against a one-image job.
 
-Each case runs `worker.pipeline.run` in a fresh Python process (local storage, the Gemini
+Each case runs `worker.pipeline.flow.run` in a fresh Python process (local storage, the Gemini
 emulator in a process of its own, so only the worker's memory is measured) and reports
 that process's peak resident set (`ru_maxrss`). The baseline, measured in the same run, is
 the same 24-megapixel JPEG in a one-image caption job; the attack of issue 9 is a
@@ -28,9 +28,9 @@ from tests.harness import free_port, wait_until
 
 def run_case(root: Path, base_url: str, count: int) -> None:
     """In the child process: one job of `count` copies of the image; print the peak."""
-    from worker.jobs import parse_job
+    from worker.contract.jobs import parse_job
     from worker.observability import StageTimer
-    from worker.pipeline import run
+    from worker.pipeline.flow import run
     from worker.runtime import build_ports
     from worker.settings import Settings
 

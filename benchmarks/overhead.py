@@ -1,6 +1,6 @@
 """The worker's own time per job, by stage, against one plain Pillow decode of the same image.
 
-Runs `worker.pipeline.run` in this process on local storage, with the Gemini emulator
+Runs `worker.pipeline.flow.run` in this process on local storage, with the Gemini emulator
 (in-process, no added latency) as the model. The model's own time is taken out of the
 "ask" stage using the emulator's per-request server time, so "ask" is what the worker
 spends building, sending and receiving the request. Each figure is the median of
@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from worker.contract.jobs import parse_job
 from worker.emulator.scenes import make_scene
 from worker.emulator.server import EmulatorServer
-from worker.jobs import parse_job
 from worker.observability import StageTimer
-from worker.pipeline import run
+from worker.pipeline.flow import run
 from worker.runtime import build_ports
 from worker.settings import Settings
 

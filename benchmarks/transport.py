@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.harnes
 
 from tests.harness import Stack, running_stack
 from worker.emulator.scenes import make_scene
-from worker.progress import Progress
+from worker.producers.progress import Progress
 
 
 def big_png(side_px: int, seed: int) -> bytes:

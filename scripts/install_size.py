@@ -6,7 +6,7 @@ import.
    (`pip install .`, no test extras), and prints the size of everything pip put there
    (the venv's own pip and setuptools left out), with the largest distributions.
 2. In that venv, imports each light entry point in a fresh interpreter and lists the
-   heavy libraries it pulled in: the producer client (`worker.client`) and the bridge
+   heavy libraries it pulled in: the producer client (`worker.producers.client`) and the bridge
    (`worker.bridge.*`, the Lambda handler included) must import none of Pillow, numpy,
    OpenCV or google-genai.
 
@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("PIL", "numpy", "cv2", "google.genai", "pillow_heif")
 LIGHT_ENTRY_POINTS = {
-    "producer client": "worker.client",
+    "producer client": "worker.producers.client",
     "bridge (SQS runner)": "worker.bridge.sqs_runner",
     "bridge (webhook)": "worker.bridge.webhook",
     "bridge (Lambda handler)": "worker.bridge.lambda_handler",

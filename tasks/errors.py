@@ -272,5 +272,5 @@ class RecordNotWritten(RetryableError):
     outage, up to GVW_OUTAGE_MAX_WAIT_S), and never runs the job again meanwhile."""
 
     code = "internal"
-    #: what it waits for (`worker.outage_log` names it)
+    #: what it waits for (`worker.queue.outage_log` names it)
     dependency: ClassVar[str] = "storage"

@@ -345,7 +345,7 @@ def _plain_gray_png(data: bytes) -> NDArray[np.uint8] | None:
 def _check_map_pixels(width_px: int, height_px: int) -> None:
     """Refuse a map over our cap or Pillow's decompression-bomb limit, before decoding."""
     # Our cap is the guard: Pillow's threshold is process-global, and a worker whose
-    # GVW_MAX_IMAGE_PIXELS is above it raises it (worker.images.raise_pillow_threshold).
+    # GVW_MAX_IMAGE_PIXELS is above it raises it (worker.images.prepare.raise_pillow_threshold).
     if width_px * height_px > MASK_MAX_PIXELS:
         raise UnsupportedMask(
             f"PNG mask of {width_px}x{height_px} px is over the cap of {MASK_MAX_PIXELS:,} pixels"

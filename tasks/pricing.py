@@ -10,9 +10,13 @@ know has no price (None), never a guessed one.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from tasks.base import ModelRequest
+from tasks.model_families import family_of, thinking_for
 
 PER_TOKENS = 1_000_000
 
@@ -123,3 +127,54 @@ def expected_output_tokens(
     else:
         thinking = THINKING_TOKENS_GUESS
     return output + thinking
+
+
+# text is guessed at ~4 characters a token (Gemini's own rule of thumb for English)
+CHARS_PER_TOKEN = 4
+
+
+def request_text_tokens(request: ModelRequest) -> int:
+    """The text tokens of a request: prompt, system instruction and response schema."""
+    schema = json.dumps(request.response_json_schema) if request.response_json_schema else ""
+    chars = len(request.prompt) + len(request.system_instruction or "") + len(schema)
+    return -(-chars // CHARS_PER_TOKEN)
+
+
+def call_estimate_usd(
+    prices: PriceTable,
+    model: str,
+    request: ModelRequest,
+    *,
+    image_tokens: int,
+    max_output_tokens: int | None,
+    thinking_budget: int | None,
+    batch: bool = False,
+) -> float | None:
+    """What one call is expected to cost before it is asked: the tokens it sends (images
+    by `tasks.tokens`, text by `request_text_tokens`) and the output and thinking it
+    allows. The one estimate: the budget's reservation, batch mode's and the dry run's.
+    None when the table has no price for the model."""
+    thinking = thinking_for(model, spatial=request.spatial, requested_budget=thinking_budget)
+    output_tokens = expected_output_tokens(
+        max_output_tokens=max_output_tokens,
+        thinks=family_of(model).thinking_knob is not None,
+        thinking_budget=thinking.budget,
+        thinking_level=thinking.level,
+    )
+    prompt_tokens = image_tokens + request_text_tokens(request)
+    return prices.cost_usd(model, prompt_tokens, output_tokens, batch=batch)
+
+
+def answer_cost_usd(
+    prices: PriceTable,
+    model: str,
+    *,
+    prompt_tokens: int,
+    output_tokens: int,
+    thoughts_tokens: int,
+    batch: bool,
+) -> float | None:
+    """What an answer cost at the table's rates (thinking billed as output), to the
+    micro-cent; None when the table has no price for the model."""
+    cost = prices.cost_usd(model, prompt_tokens, output_tokens + thoughts_tokens, batch=batch)
+    return round(cost, 8) if cost is not None else None

@@ -193,8 +193,8 @@ _OUTAGE_ERRORS = ("FleetUnavailable(", "StorageUnavailable(", "ModelUnavailable(
 
 
 class OutageWaitFilter(logging.Filter):
-    """Drops Celery's per-job lines of an outage, which `worker.outage_log` and
-    `worker.broker_transport` say in a few lines for all jobs (and gvw_retries_total
+    """Drops Celery's per-job lines of an outage, which `worker.queue.outage_log` and
+    `worker.queue.broker_transport` say in a few lines for all jobs (and gvw_retries_total
     counts): "Task ... retry: Retry in Ns: FleetUnavailable(...)" (each waiting job, each
     look, for the whole outage), "Task ... reject requeue=True: Error 111 ..." (a job whose
     wait could not be sent while the broker was away: it goes back on the queue) and
@@ -211,7 +211,7 @@ class OutageWaitFilter(logging.Filter):
             return "cannot be acknowledged after a connection loss" not in record.getMessage()
         if record.name == "py.warnings":
             # Celery's notice, on every broker outage, that cancelling running jobs will be
-            # its default: a thread pool opts out on purpose (worker.app._init_worker). A
+            # its default: a thread pool opts out on purpose (worker.queue.app._init_worker). A
             # log filter, not a warnings filter: those are process-global state that a
             # thread's catch_warnings (the image decoder's) swaps out while it runs.
             return "In Celery 5.1 we introduced" not in record.getMessage()

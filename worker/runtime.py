@@ -16,20 +16,20 @@ from collections.abc import Callable
 from PIL import Image
 
 from tasks import registry
-from worker.answer_cache import AnswerCache, LocalAnswerCache, NoAnswerCache, RedisAnswerCache
-from worker.answer_store import AnswerStore, LocalAnswerStore, RedisAnswerStore
-from worker.batch_store import Batches, BatchStore, LocalBatchStore
-from worker.budget import Budget, LocalBudget, NoBudget, RedisBudget
-from worker.deliveries import Deliveries, LocalDeliveries, RedisDeliveries
-from worker.fleet_redis import fleet_client
+from worker.fleet.answer_cache import AnswerCache, LocalAnswerCache, NoAnswerCache, RedisAnswerCache
+from worker.fleet.answer_store import AnswerStore, LocalAnswerStore, RedisAnswerStore
+from worker.fleet.batch_store import Batches, BatchStore, LocalBatchStore
+from worker.fleet.budget import Budget, LocalBudget, NoBudget, RedisBudget
+from worker.fleet.connection import fleet_client
+from worker.fleet.deliveries import Deliveries, LocalDeliveries, RedisDeliveries
+from worker.fleet.file_cache import FileCache, LocalFileCache, RedisFileCache
+from worker.fleet.job_claims import JobClaims, LocalJobClaims, RedisJobClaims
+from worker.fleet.job_locks import JobLocks, LocalJobLocks, RedisJobLocks
+from worker.fleet.ratelimit import NoRateLimit, RateLimiter, RedisRateLimiter
+from worker.fleet.refusals import LocalRefusals, RedisRefusals, Refusals
 from worker.gemini import GeminiGateway
-from worker.gemini.file_cache import FileCache, LocalFileCache, RedisFileCache
-from worker.job_claims import JobClaims, LocalJobClaims, RedisJobClaims
-from worker.job_locks import JobLocks, LocalJobLocks, RedisJobLocks
-from worker.ports import Ports
+from worker.pipeline.ports import Ports
 from worker.prices import load_prices
-from worker.ratelimit import NoRateLimit, RateLimiter, RedisRateLimiter
-from worker.refusals import LocalRefusals, RedisRefusals, Refusals
 from worker.settings import Settings, get_settings
 from worker.storage import S3_SCHEME, StoreRouter
 

@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     gvw_max_input_bytes: int = Field(default=50_000_000, ge=1)
     # Decoded size cap of one image, checked from its header: a 48 MP photo passes, one
     # decoded RGB image stays under 270 MB. Any value holds, above Pillow's own 89.5 MP
-    # bomb threshold too: worker.images raises Pillow's to twice this (never lowers it).
+    # bomb threshold too: worker.images.prepare raises Pillow's to twice this (never lowers it).
     gvw_max_image_pixels: int = Field(default=89_000_000, ge=1)
     gvw_gemini_timeout_s: float = Field(default=120.0, gt=0)
     gvw_s3_connect_timeout_s: float = Field(default=5.0, gt=0)
@@ -111,9 +111,9 @@ class Settings(BaseSettings):
     # schema, model, options) from any job within this many seconds reuse it (0 = off).
     gvw_answer_cache_ttl_s: int = Field(default=0, ge=0)
     # Dollars the fleet may spend on Gemini per UTC day, at the price table's rates,
-    # shared by every worker through Redis (0 = no budget). worker/budget.py.
+    # shared by every worker through Redis (0 = no budget). worker/fleet/budget.py.
     gvw_budget_usd_per_day: float = Field(default=0.0, ge=0)
-    # Batch mode (options.mode "batch"; worker/batch_runner.py): a batch is submitted once
+    # Batch mode (options.mode "batch"; worker/batch/follower.py): a batch is submitted once
     # this many requests wait, or when the oldest has waited this long; requests above the
     # inline size go in a JSONL file; the follower looks every GVW_BATCH_POLL_S; a batch
     # that fails, expires or is cancelled sends its jobs to the next batch ("batch") or

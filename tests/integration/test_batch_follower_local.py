@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
+from tasks.retry_policy import RetryPolicy
 from tests.integration.test_pipeline_local import local_ports, put, record_of, scene_png
-from worker.batch_runner import BatchRunner
+from worker.batch.follower import BatchRunner
+from worker.contract.jobs import parse_job
+from worker.contract.records import ResultRecord
 from worker.emulator.server import EmulatorServer
-from worker.jobs import parse_job
-from worker.pipeline import run
-from worker.ports import Ports
-from worker.records import ResultRecord
-from worker.retry_policy import RetryPolicy
+from worker.pipeline.flow import run
+from worker.pipeline.ports import Ports
 
 pytestmark = pytest.mark.integration
 

@@ -31,7 +31,7 @@ from worker.emulator.scenes import make_scene
 
 pytestmark = pytest.mark.integration
 
-# `python -m worker.cli bridge` once worker/cli.py mounts the bridge; the same code either way
+# `python -m worker.cli bridge` once worker/cli/main.py mounts the bridge; the same code either way
 BRIDGE = [sys.executable, "-m", "worker.cli", "bridge"]
 
 

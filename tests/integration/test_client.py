@@ -10,8 +10,8 @@ import pytest
 
 from tasks.errors import InvalidJob
 from tests.harness import REPO_ROOT, Stack
-from worker.client import VisionClient
 from worker.emulator.scenes import make_scene
+from worker.producers.client import VisionClient
 from worker.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -72,8 +72,8 @@ def test_wait_gives_up_at_its_timeout(client: VisionClient) -> None:
 
 def test_the_client_imports_none_of_the_heavy_dependencies() -> None:
     probe = (
-        "import sys, worker.client\n"
-        "from worker.jobs import parse_job\n"
+        "import sys, worker.producers.client\n"
+        "from worker.contract.jobs import parse_job\n"
         "parse_job({'task': 'segment', 'images': ['s3://inbox/a.png']})\n"
         "heavy = ['google.genai', 'numpy', 'PIL', 'boto3', 'redis', 'prometheus_client']\n"
         "print([m for m in heavy if m in sys.modules])\n"

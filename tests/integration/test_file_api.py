@@ -129,7 +129,7 @@ def test_killed_upload_lock_holder_blocks_no_longer_than_the_lock_timeout(fleet:
             "-c",
             (
                 "import time, redis\n"
-                "from worker.gemini.file_cache import RedisFileCache\n"
+                "from worker.fleet.file_cache import RedisFileCache\n"
                 f"cache = RedisFileCache(redis.Redis.from_url('{fleet.redis.url}/1'), "
                 f"project='{project}', lock_ttl_s={UPLOAD_LOCK_TTL_S})\n"
                 f"cache.get_or_upload('{sha}', lambda: time.sleep(600))\n"

@@ -304,9 +304,9 @@ def test_an_internal_error_after_the_answer_never_asks_the_model_again(
 ) -> None:
     """A bug after Gemini answered (here: the parser itself raising) fails the attempt;
     the retry publishes the answer already paid for instead of calling the model again."""
+    from worker.contract.jobs import parse_job
     from worker.emulator.server import EmulatorServer
-    from worker.jobs import parse_job
-    from worker.pipeline import run
+    from worker.pipeline.flow import run
     from worker.runtime import build_ports
     from worker.settings import Settings
 

@@ -25,13 +25,13 @@ from tasks.errors import (
     TooLarge,
 )
 from tests.unit.test_images import one_colour_gray_png
+from worker.contract.jobs import parse_job
+from worker.contract.records import ErrorRecord, ResultRecord, read_record
 from worker.emulator.scenes import make_scene
 from worker.emulator.server import EmulatorServer
-from worker.failures import publish_error, publish_pending_record
-from worker.jobs import parse_job
-from worker.pipeline import run
-from worker.ports import Ports
-from worker.records import ErrorRecord, ResultRecord, read_record
+from worker.pipeline.failures import publish_error, publish_pending_record
+from worker.pipeline.flow import run
+from worker.pipeline.ports import Ports
 from worker.runtime import build_ports
 from worker.settings import Settings
 from worker.storage import StoreRouter
@@ -456,7 +456,7 @@ def test_an_answer_already_paid_for_is_published_on_a_day_without_budget_left(
     # a batch's answers arrive whenever Gemini finishes: the day may be spent by then
     from dataclasses import replace
 
-    from worker.budget import LocalBudget
+    from worker.fleet.budget import LocalBudget
 
     ports = local_ports(emulator, root, gvw_budget_usd_per_day=1.0)
     job = parse_job(
@@ -483,9 +483,9 @@ def test_batches_are_sized_to_the_days_budget_and_a_job_dearer_than_the_day_fail
 ) -> None:
     from dataclasses import replace
 
-    from worker.batch_runner import BatchRunner
-    from worker.budget import LocalBudget
-    from worker.retry_policy import RetryPolicy
+    from tasks.retry_policy import RetryPolicy
+    from worker.batch.follower import BatchRunner
+    from worker.fleet.budget import LocalBudget
 
     emulator.configure(batch_done_after_s=0)
     dispatched: list[str] = []

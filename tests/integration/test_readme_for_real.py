@@ -318,7 +318,7 @@ def test_a_reused_job_id_is_reported_to_its_producer_never_answered_with_another
     probe = textwrap.dedent(
         f"""
         from tasks.errors import JobIdConflict
-        from worker.client import VisionClient
+        from worker.producers.client import VisionClient
         client = VisionClient()
         job = {{"task": "caption", "images": [{second!r}]}}
         try:
@@ -392,7 +392,7 @@ def test_the_client_checks_jobs_it_sent_together_and_reads_where_each_job_writes
     probe = textwrap.dedent(
         f"""
         from tasks.errors import JobIdConflict
-        from worker.client import VisionClient
+        from worker.producers.client import VisionClient
         client = VisionClient()
         first = {{"job_id": "{uuid.uuid4().hex[:8]}-m", "task": "caption",
                   "images": [{deployment.put_scene(f"m/{uuid.uuid4().hex}.png", ["red circle"])!r}]}}

@@ -14,10 +14,10 @@ from celery.exceptions import Retry
 from tasks.errors import FleetUnavailable
 from tests.integration.test_pipeline_local import local_ports, put, record_of
 from worker import runtime
-from worker.app import FINAL_ERROR_HEADER, OUTAGE_SINCE_HEADER, analyze
+from worker.contract.records import ErrorRecord
 from worker.emulator.server import EmulatorServer
-from worker.job_claims import Claim
-from worker.records import ErrorRecord
+from worker.fleet.job_claims import Claim
+from worker.queue.app import FINAL_ERROR_HEADER, OUTAGE_SINCE_HEADER, analyze
 
 pytestmark = pytest.mark.integration
 

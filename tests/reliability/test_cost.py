@@ -92,7 +92,7 @@ def budget_day(stack: Stack) -> tuple[str, float, float]:
 
 
 def waits_counted(stack: Stack) -> int:
-    """Times jobs went back to the queue to wait (worker.deliveries)."""
+    """Times jobs went back to the queue to wait (worker.fleet.deliveries)."""
     client = stack.redis.client(db=1)
     return sum(int(client.get(key) or 0) for key in client.scan_iter(match="gvw:deliveries:*:-1"))
 

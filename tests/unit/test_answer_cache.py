@@ -9,7 +9,7 @@ import fakeredis
 import pytest
 
 from tasks.base import ModelRequest
-from worker.answer_cache import LocalAnswerCache, RedisAnswerCache, answer_key
+from worker.fleet.answer_cache import LocalAnswerCache, RedisAnswerCache, answer_key
 from worker.gemini.records import GenerationOptions, ModelAnswer, TokenUsage
 
 Cache = RedisAnswerCache | LocalAnswerCache

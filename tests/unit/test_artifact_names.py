@@ -11,9 +11,9 @@ from PIL import Image
 
 from tasks.base import TaskOutput
 from tasks.masks import BoxMask
-from worker.artifacts import write_artifacts
-from worker.images import prepare_image
-from worker.jobs import parse_job
+from worker.contract.jobs import parse_job
+from worker.images.prepare import prepare_image
+from worker.pipeline.artifacts import write_artifacts
 from worker.settings import Settings
 from worker.storage import StoreRouter
 

@@ -6,7 +6,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from worker.artifacts import render_overlay_png, slug
+from worker.pipeline.artifacts import render_overlay_png, slug
 
 
 @pytest.mark.parametrize(
@@ -69,7 +69,7 @@ def test_hand_written_mask_pngs_decode_to_the_full_mask(
     from PIL import Image
 
     from tasks.masks import BoxMask
-    from worker.artifacts import encode_mask_png
+    from worker.pipeline.artifacts import encode_mask_png
 
     x0, y0, x1, y1 = box
     rng = np.random.default_rng(sum(box))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
-from worker.batch_store import Batches, BatchStore, LocalBatchStore
+from worker.fleet.batch_store import Batches, BatchStore, LocalBatchStore
 
 
 @pytest.fixture(params=["redis", "local"])

@@ -11,7 +11,7 @@ from worker.bridge.job_ids import bridge_job_id, key_slug
 from worker.bridge.notifications import ObjectEvent, decode_notification
 from worker.bridge.planner import PlannedJob, Skip, plan_job, results_prefixes
 from worker.bridge.rules import Rule
-from worker.jobs import JOB_ID_PATTERN
+from worker.contract.jobs import JOB_ID_PATTERN
 
 RULE = Rule(name="captions", template={"task": "caption"})
 EVENT = ObjectEvent(

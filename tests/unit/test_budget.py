@@ -12,7 +12,7 @@ import pytest
 
 from tasks.errors import BudgetExhausted, QuotaExhausted
 from tasks.pricing import expected_output_tokens
-from worker.budget import DAY_S, LocalBudget, RedisBudget
+from worker.fleet.budget import DAY_S, LocalBudget, RedisBudget
 
 Budget = RedisBudget | LocalBudget
 

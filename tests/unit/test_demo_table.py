@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from worker import demo
+from worker.cli import demo
 
 CAPTION = (
     "A white background with 3 shapes: a red circle, a blue rectangle and a green "

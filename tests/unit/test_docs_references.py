@@ -26,12 +26,12 @@ SKIPPED_DIRS = {"__pycache__", "node_modules", "build", "dist"}
 # A Markdown file name with the folders in front of it (`docs/contract.md`); a URL
 # (https://...) is taken whole, so that it can be told apart.
 MD_NAME = re.compile(r"(?:[a-z][a-z0-9+.-]*://)?[\w./~-]*\w\.md\b", re.IGNORECASE)
-# A path into the code or the repository's other top folders: `worker/images.py`,
+# A path into the code or the repository's other top folders: `worker/images/prepare.py`,
 # `worker/storage/`, `tests/unit/test_import_rules.py`.
 REPO_PATH = re.compile(
     r"(?<![\w./~-])((?:worker|tasks|tests|infra|benchmarks|scripts|docs)/[\w./-]*[\w/])"
 )
-# A dotted module name in a code span: `worker.broker_transport`, `tasks.pricing`.
+# A dotted module name in a code span: `worker.queue.broker_transport`, `tasks.pricing`.
 DOTTED = re.compile(r"`((?:worker|tasks)(?:\.\w+)+)")
 
 
@@ -86,7 +86,7 @@ def test_the_scan_sees_the_files_it_is_about() -> None:
         "infra/terraform/sqs.tf",
         "pyproject.toml",
         "scripts/test",
-        "worker/app.py",
+        "worker/queue/app.py",
         "tests/unit/test_infra_files.py",
     ):
         assert expected in seen, expected

@@ -11,7 +11,7 @@ import fakeredis
 import pytest
 
 from tasks.errors import ModelUnavailable
-from worker.gemini.file_cache import CachedFile, FileCache, LocalFileCache, RedisFileCache
+from worker.fleet.file_cache import CachedFile, FileCache, LocalFileCache, RedisFileCache
 
 HOUR_S = 3600.0
 

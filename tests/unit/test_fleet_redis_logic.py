@@ -9,11 +9,11 @@ import fakeredis
 import pytest
 
 from tasks.errors import ModelRateLimited
-from worker.answer_store import RedisAnswerStore
-from worker.deliveries import RedisDeliveries
+from worker.fleet.answer_store import RedisAnswerStore
+from worker.fleet.deliveries import RedisDeliveries
+from worker.fleet.job_locks import RedisJobLocks
+from worker.fleet.ratelimit import RedisRateLimiter
 from worker.gemini import ModelAnswer, TokenUsage
-from worker.job_locks import RedisJobLocks
-from worker.ratelimit import RedisRateLimiter
 
 
 def limiter(rpm: int, server: fakeredis.FakeServer | None = None) -> RedisRateLimiter:
@@ -144,7 +144,7 @@ def test_a_huge_job_is_kept_as_a_bounded_summary() -> None:
 
 
 def test_claims_refuse_another_job_under_a_used_id() -> None:
-    from worker.job_claims import RedisJobClaims
+    from worker.fleet.job_claims import RedisJobClaims
 
     client = fakeredis.FakeRedis()
     claims = RedisJobClaims(client, ttl_s=60)

@@ -128,8 +128,8 @@ def test_no_connection_is_an_outage_but_a_slow_answer_is_the_requests_own() -> N
     import httpx2
 
     from tasks.errors import ModelTimedOut
+    from tasks.retry_policy import is_outage
     from worker.gemini.errors import gemini_errors
-    from worker.retry_policy import is_outage
 
     with pytest.raises(ModelUnavailable) as down, gemini_errors():
         raise httpx2.ConnectTimeout("no route")

@@ -1,4 +1,4 @@
-"""worker.images: untrusted bytes in, an upright image Gemini may be sent out.
+"""worker.images.prepare: untrusted bytes in, an upright image Gemini may be sent out.
 
 Inputs are made here with Pillow (and pillow-heif), so every test says what it feeds in.
 """
@@ -22,13 +22,13 @@ import pytest
 from PIL import Image, ImageCms, ImageFile
 
 from tasks.errors import InvalidImage, TooLarge
-from worker.images import (
+from worker.images.prepare import (
     DEFAULT_MAX_PIXELS,
     ImageFacts,
     prepare_image,
     read_header,
-    sniff_image_format,
 )
+from worker.images.sniff import sniff_image_format
 
 # ---------------------------------------------------------------- helpers
 
@@ -228,7 +228,7 @@ def test_rgba_png_is_sent_untouched() -> None:
 
 
 def test_heic_round_trip_is_kept_as_heic() -> None:
-    from worker.images import _register_heif_opener_once
+    from worker.images.prepare import _register_heif_opener_once
 
     _register_heif_opener_once()
     data = encode(marked_image(64, 48), "HEIF", quality=90)
@@ -246,7 +246,7 @@ def test_heic_with_exif_orientation_is_rotated_once_by_the_container() -> None:
     # pillow-heif writes EXIF orientation 6 as the container's own rotation (irot) and
     # reads it back applied, with the EXIF tag reset: the original bytes, which any HEIF
     # decoder shows rotated, are sent, and the size is the rotated one.
-    from worker.images import _register_heif_opener_once
+    from worker.images.prepare import _register_heif_opener_once
 
     _register_heif_opener_once()
     exif = Image.Exif()
@@ -556,7 +556,7 @@ def test_bomb_is_refused_without_allocating_its_pixels(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import resource, sys, time
-        from worker.images import prepare_image
+        from worker.images.prepare import prepare_image
         from tasks.errors import TooLarge
         data = open({str(bomb)!r}, "rb").read()
         before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -630,7 +630,7 @@ def test_a_large_gray_image_only_sent_costs_its_own_pixels(tmp_path: Path) -> No
     script = textwrap.dedent(
         f"""
         import resource
-        from worker.images import prepare_image
+        from worker.images.prepare import prepare_image
         data = open({str(image)!r}, "rb").read()
         before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         prepared = prepare_image(data, max_pixels=100_000_000, keep_pixels=False)

@@ -380,7 +380,7 @@ def test_compose_pins_every_image_it_pulls() -> None:
 
 
 def test_compose_workers_send_task_events_for_flower() -> None:
-    from worker.app import celery_config
+    from worker.queue.app import celery_config
     from worker.settings import Settings
 
     config = celery_config(Settings())

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tasks.errors import InputNotAllowed, InvalidJob
-from worker.jobs import parse_job
+from worker.contract.jobs import parse_job
 from worker.storage.uris import check_allowed
 
 GOOD = {"job_id": "invoice-0042", "task": "detect", "images": ["s3://inbox/photos/a.jpg"]}

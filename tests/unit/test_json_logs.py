@@ -41,14 +41,14 @@ def test_text_lines_read_like_a_sentence_with_the_job_first_and_no_key() -> None
     from worker.observability import TextFormatter
 
     record = logging.LogRecord(
-        "worker.pipeline", logging.INFO, "p.py", 1, "job committed", (), None
+        "worker.pipeline.flow", logging.INFO, "p.py", 1, "job committed", (), None
     )
     record.task = "detect"
     record.job_id = "a-1"
     record.data = b"\x89PNG" + b"\0" * 5000
     record.key = "AIzaSECRET"
     line = TextFormatter(secrets=("AIzaSECRET",)).format(record)
-    assert " INFO    worker.pipeline: job committed  [job_id=a-1 " in line
+    assert " INFO    worker.pipeline.flow: job committed  [job_id=a-1 " in line
     assert "task=detect" in line and "AIzaSECRET" not in line
     assert "\\x00" not in line and "PNG" not in line  # bytes never reach a log line
 
@@ -64,7 +64,7 @@ def test_text_lines_read_like_a_sentence_with_the_job_first_and_no_key() -> None
     ],
 )
 def test_the_command_lines_loglevel_is_found(argv: list[str], level: str | None) -> None:
-    from worker.app import loglevel_flag
+    from worker.queue.app import loglevel_flag
 
     assert loglevel_flag(argv) == level
 

@@ -29,7 +29,7 @@ print(json.dumps([h for h in {heavy!r}
 @pytest.mark.parametrize(
     "module",
     [
-        # worker.client: tests/integration/test_client.py holds it to a stricter list
+        # worker.producers.client: tests/integration/test_client.py holds it to a stricter list
         "worker.bridge.sqs_runner",
         "worker.bridge.webhook",
         "worker.bridge.lambda_handler",
@@ -50,7 +50,11 @@ def test_light_entry_points_import_no_heavy_library(module: str) -> None:
 def test_nothing_imports_opencv() -> None:
     # the mask resize is Pillow's: OpenCV was 150 MB of a 400 MB install for one call
     done = subprocess.run(
-        [sys.executable, "-c", "import tasks.masks, worker.app, sys; print('cv2' in sys.modules)"],
+        [
+            sys.executable,
+            "-c",
+            "import tasks.masks, worker.queue.app, sys; print('cv2' in sys.modules)",
+        ],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

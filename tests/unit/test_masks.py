@@ -546,7 +546,7 @@ def test_a_raised_pillow_threshold_leaves_the_mask_cap_in_place(
     monkeypatch: pytest.MonkeyPatch, value: str
 ) -> None:
     # a worker whose GVW_MAX_IMAGE_PIXELS is far above Pillow's threshold raises it for the
-    # whole process (worker.images.raise_pillow_threshold); a mask keeps its own cap
+    # whole process (worker.images.prepare.raise_pillow_threshold); a mask keeps its own cap
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10**12)
     with pytest.raises(UnsupportedMask, match="over the cap of 4,194,304 pixels"):
         decode_mask(value, (0, 0, 10, 10), 100, 100)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from tasks.errors import ModelOutputInvalid
-from worker.records import (
+from worker.contract.records import (
     ErrorRecord,
     ImageRecord,
     ResultRecord,

@@ -16,7 +16,7 @@ from tasks.errors import (
     RetryableError,
     StorageUnavailable,
 )
-from worker.retry_policy import OUTAGE_COUNTDOWN_MAX_S, RetryPolicy
+from tasks.retry_policy import OUTAGE_COUNTDOWN_MAX_S, RetryPolicy
 
 POLICY = RetryPolicy(base_s=2.0, max_s=120.0, max_retries=8, output_retries=2)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from worker.app import celery_config
+from worker.queue.app import celery_config
 from worker.settings import Settings
 
 
@@ -51,7 +51,7 @@ def test_delivery_settings_of_reliability_md() -> None:
 
 def test_a_plain_redis_broker_gets_the_transport_that_puts_back_what_it_took() -> None:
     conf = celery_config(Settings(celery_broker_url="redis://broker:6379/0"))
-    assert conf["broker_transport"] == "worker.broker_transport:Transport"
+    assert conf["broker_transport"] == "worker.queue.broker_transport:Transport"
     # TLS and Sentinel stay with kombu's own choice by scheme: naming a class would drop it
     for url in ("rediss://broker:6380/0", "sentinel://broker:26379/0"):
         assert "broker_transport" not in celery_config(Settings(celery_broker_url=url))

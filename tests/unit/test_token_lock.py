@@ -1,4 +1,4 @@
-"""The fleet's one lock (worker.token_lock): the Redis adapter (fakeredis with its Lua)
+"""The fleet's one lock (worker.fleet.token_lock): the Redis adapter (fakeredis with its Lua)
 and the in-memory twin pass the same contract."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import time
 import fakeredis
 import pytest
 
-from worker.token_lock import LocalTokenLocks, RedisTokenLocks, TokenLocks, held
+from worker.fleet.token_lock import LocalTokenLocks, RedisTokenLocks, TokenLocks, held
 
 
 @pytest.fixture(params=["redis", "local"])

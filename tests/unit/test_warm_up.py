@@ -8,8 +8,8 @@ import socket
 import pytest
 
 from worker import runtime
-from worker.app import _pool_runs_jobs_here
 from worker.gemini import GeminiGateway
+from worker.queue.app import _pool_runs_jobs_here
 from worker.settings import Settings
 
 

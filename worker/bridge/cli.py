@@ -1,6 +1,6 @@
 """`gvw bridge sqs | webhook`: the long-running bridge processes.
 
-worker/cli.py mounts these with `add_bridge_parser(sub)` and dispatches `bridge` to
+worker/cli/main.py mounts these with `add_bridge_parser(sub)` and dispatches `bridge` to
 `run_bridge`; `python -m worker.bridge sqs ...` runs the same without the rest of `gvw`.
 Only argparse is imported at module level, so `gvw --help` stays fast.
 """

@@ -41,7 +41,7 @@ class CeleryJobSender:
         self._broker_url = broker_url  # None: CELERY_BROKER_URL through the worker's settings
 
     def send(self, job: dict[str, Any]) -> str:
-        from worker.producer import send_job
+        from worker.producers.producer import send_job
 
         return send_job(job, broker_url=self._broker_url)
 
@@ -147,7 +147,7 @@ class Dispatcher:
         return handled
 
     def _valid(self, plan: PlannedJob, context: dict[str, str]) -> bool:
-        from worker.jobs import parse_job
+        from worker.contract.jobs import parse_job
 
         try:
             parse_job(plan.job)

@@ -64,7 +64,7 @@ class ObjectEvent:
     @property
     def uri(self) -> str:
         # The key is not escaped: the worker splits s3:// URIs by hand, so spaces, "+",
-        # "?" and "#" in a key survive (worker.jobs.normalize_uri).
+        # "?" and "#" in a key survive (worker.contract.jobs.normalize_uri).
         return f"s3://{self.bucket}/{self.key}"
 
     def identity(self) -> tuple[str, str]:

@@ -33,7 +33,7 @@ TEMPLATE_FIELDS = frozenset(
 )
 RULE_FIELDS = frozenset({"name", "bucket", "prefix", "suffix", "job"})
 RULE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-# The formats the worker decodes (worker.images.sniff_image_format), by their usual names.
+# The formats the worker decodes (worker.images.sniff.sniff_image_format), by their usual names.
 IMAGE_SUFFIXES = (
     ".jpg",
     ".jpeg",
@@ -170,7 +170,7 @@ def _parse_rule(item: Any, *, where: str) -> Rule:
 
 
 def _check_template(rule: Rule, *, where: str) -> None:
-    from worker.jobs import parse_job
+    from worker.contract.jobs import parse_job
 
     sample = {**rule.template, "job_id": "rule-check", "images": ["s3://bucket/image.jpg"]}
     try:

@@ -1,0 +1,311 @@
+"""Pictures for people: overlays of boxes and labels on the upright image.
+
+Artifact names never come from model text: callers name files from an index and a slug.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+import re
+import struct
+import unicodedata
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from tasks.base import TaskOutput
+from tasks.masks import BoxMask
+from tasks.rle import encode_box_mask_rle
+from worker.contract.jobs import Job
+from worker.images.prepare import PreparedImage
+from worker.pipeline.ports import Stores
+from worker.storage import join_uri
+
+# Distinct, colour-blind-friendly-ish hues (Okabe-Ito order), cycled per object.
+_PALETTE: tuple[tuple[int, int, int], ...] = (
+    (230, 159, 0),
+    (86, 180, 233),
+    (0, 158, 115),
+    (240, 228, 66),
+    (0, 114, 178),
+    (213, 94, 0),
+    (204, 121, 167),
+    (0, 0, 0),
+)
+_SLUG_MAX_CHARS = 48
+
+
+def slug(label: str) -> str:
+    """`[a-z0-9-]{1,48}` from any label: safe as part of a key on every store."""
+    ascii_text = unicodedata.normalize("NFKD", label).encode("ascii", "ignore").decode()
+    text = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
+    return text[:_SLUG_MAX_CHARS].strip("-") or "object"
+
+
+def encode_mask_png(mask: BoxMask, width_px: int, height_px: int) -> bytes:
+    """A full-size 8-bit mask PNG (0 or 255), the size of the upright image.
+
+    Written by hand, not by Pillow: a mask is zero outside its box, and deflating millions
+    of zeros is most of what encoding a 12 MP mask costs (24 ms a mask). The rows above
+    and below the box are the same zero row: their deflate blocks are made once per width
+    (cached, each after a full flush so it stands alone) and repeated; only the box's
+    rows are compressed, and the zlib checksum of the zero runs is computed, not summed.
+    Any PNG reader decodes the result (the tests read it back with Pillow).
+    """
+    crop_height, crop_width = mask.crop.shape
+    rows = np.zeros((crop_height, width_px + 1), dtype=np.uint8)  # each row: filter 0, pixels
+    rows[:, 1 + mask.x0_px : 1 + mask.x0_px + crop_width][mask.crop] = 255
+    box_rows = rows.tobytes()
+    below = height_px - mask.y0_px - crop_height
+    compressor = zlib.compressobj(1, zlib.DEFLATED, -15)
+    deflated = b"".join(
+        (
+            _zero_rows_deflated(width_px, mask.y0_px),
+            compressor.compress(box_rows) + compressor.flush(zlib.Z_FULL_FLUSH),
+            _zero_rows_deflated(width_px, below),
+            zlib.compressobj(1, zlib.DEFLATED, -15).flush(zlib.Z_FINISH),  # the final block
+        )
+    )
+    row_bytes = width_px + 1
+    checksum = _adler32_zeros(1, mask.y0_px * row_bytes)
+    checksum = _adler32_combine(checksum, zlib.adler32(box_rows), len(box_rows))
+    checksum = _adler32_zeros(checksum, below * row_bytes)
+    stream = b"\x78\x01" + deflated + struct.pack(">I", checksum)
+    header = struct.pack(">IIBBBBB", width_px, height_px, 8, 0, 0, 0, 0)
+    return b"".join(
+        (
+            _PNG_SIGNATURE,
+            _png_chunk(b"IHDR", header),
+            _png_chunk(b"IDAT", stream),
+            _png_chunk(b"IEND", b""),
+        )
+    )
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_ADLER_MOD = 65521
+# zero rows deflated together: large enough that repeating a block costs nothing
+_ZERO_ROWS_PER_BLOCK = 256
+
+
+def _zero_rows_deflated(width_px: int, rows: int) -> bytes:
+    whole, rest = divmod(rows, _ZERO_ROWS_PER_BLOCK)
+    blocks = _deflated_zeros(width_px, _ZERO_ROWS_PER_BLOCK) * whole if whole else b""
+    return blocks + (_deflated_zeros(width_px, rest) if rest else b"")
+
+
+@functools.lru_cache(maxsize=64)
+def _deflated_zeros(width_px: int, rows: int) -> bytes:
+    """`rows` zero rows (filter byte and pixels) as raw deflate blocks that end in a full
+    flush: they refer to nothing before them, so they can be placed anywhere."""
+    compressor = zlib.compressobj(1, zlib.DEFLATED, -15)
+    return compressor.compress(bytes(rows * (width_px + 1))) + compressor.flush(zlib.Z_FULL_FLUSH)
+
+
+def _adler32_zeros(checksum: int, length: int) -> int:
+    """The Adler-32 of `length` zero bytes following data whose checksum is `checksum`."""
+    a, b = checksum & 0xFFFF, checksum >> 16
+    return (((b + length * a) % _ADLER_MOD) << 16) | a
+
+
+def _adler32_combine(first: int, second: int, second_length: int) -> int:
+    """The Adler-32 of two pieces of data from each one's (zlib's adler32_combine)."""
+    a1, b1 = first & 0xFFFF, first >> 16
+    a2, b2 = second & 0xFFFF, second >> 16
+    a = (a1 + a2 - 1) % _ADLER_MOD
+    b = (b1 + b2 + second_length * (a1 - 1)) % _ADLER_MOD
+    return (b << 16) | a
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+# An overlay is a picture for people: a photo's overlay is a JPEG (a 2,000 px PNG of a
+# photo takes 200 ms to encode, four times the photo's own decode; JPEG takes 15), any
+# other image's a PNG, as lossless as the image. Masks themselves are always PNG.
+_PHOTO_FORMATS = frozenset({"JPEG", "HEIC", "HEIF"})
+_OVERLAY_JPEG_QUALITY = 85
+
+
+def overlay_format(source_format: str) -> tuple[str, str, str]:
+    """(Pillow format, file extension, content type) of an image's overlay."""
+    if source_format in _PHOTO_FORMATS:
+        return "JPEG", "jpg", "image/jpeg"
+    return "PNG", "png", "image/png"
+
+
+def render_overlay(
+    upright: Image.Image,
+    objects: Sequence[Mapping[str, Any]],
+    *,
+    masks: Sequence[BoxMask | None] | None = None,
+    max_side_px: int = 2048,
+    image_format: str = "PNG",
+    full_size_px: tuple[int, int] | None = None,
+) -> bytes:
+    """The image with each object's translucent mask, pixel `box` ([x0, y0, x1, y1]) and
+    label drawn on it, encoded as `image_format` ("PNG" or "JPEG").
+
+    Overlays are for people: a 12 MP photo is reduced by a whole factor until its long side
+    fits `max_side_px` (0 keeps full size), because a full-size overlay of a photo weighs
+    megabytes and takes a second to encode, for no visible gain on a screen.
+
+    ``upright`` may be a smaller decode of the picture (`worker.images.prepare` decodes a JPEG at
+    the scale the overlay needs); ``full_size_px`` is then the picture's own size, the
+    frame of the boxes and masks.
+    """
+    full_width, full_height = full_size_px or upright.size
+    factor = 1
+    if max_side_px > 0:
+        factor = max(1, math.ceil(max(full_width, full_height) / max_side_px))
+    canvas = _canvas(upright, (math.ceil(full_width / factor), math.ceil(full_height / factor)))
+    if canvas.mode != "RGB":
+        canvas = canvas.convert("RGB")
+    if masks and any(mask is not None for mask in masks):
+        canvas = _paint_masks(canvas, masks, factor)
+    draw = ImageDraw.Draw(canvas)
+    # line width and text size follow the canvas so labels stay readable at any size
+    scale = max(canvas.width, canvas.height) / 1000
+    line_px = max(2, round(3 * scale))
+    font = _font(max(12, round(16 * scale)))
+    for index, obj in enumerate(objects):
+        colour = _PALETTE[index % len(_PALETTE)]
+        x0, y0, x1, y1 = (round(int(v) / factor) for v in obj["box"])
+        draw.rectangle((x0, y0, x1, y1), outline=colour, width=line_px)
+        text = str(obj.get("label", ""))[:80]
+        if text:
+            left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+            text_w, text_h = right - left, bottom - top
+            pad = line_px
+            # the label sits above the box, or inside it when the box touches the top edge
+            ty = y0 - text_h - 2 * pad if y0 - text_h - 2 * pad >= 0 else y0
+            draw.rectangle((x0, ty, x0 + text_w + 2 * pad, ty + text_h + 2 * pad), fill=colour)
+            draw.text((x0 + pad - left, ty + pad - top), text, fill=_ink(colour), font=font)
+    buffer = io.BytesIO()
+    if image_format == "JPEG":
+        canvas.save(buffer, format="JPEG", quality=_OVERLAY_JPEG_QUALITY)
+    else:
+        canvas.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def _canvas(upright: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """``upright`` at ``size``, as a new image (the caller's stays untouched): a whole-
+    factor reduce where one lands on it, else a bilinear resize."""
+    if upright.size == size:
+        return upright.copy()
+    factor = upright.width // size[0]
+    if factor > 1:
+        reduced = upright.reduce(factor)
+        if reduced.size == size:
+            return reduced
+    return upright.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+
+def render_overlay_png(
+    upright: Image.Image,
+    objects: Sequence[Mapping[str, Any]],
+    *,
+    masks: Sequence[BoxMask | None] | None = None,
+    max_side_px: int = 2048,
+) -> bytes:
+    """`render_overlay` as a PNG."""
+    return render_overlay(upright, objects, masks=masks, max_side_px=max_side_px)
+
+
+_MASK_ALPHA = 0.45
+
+
+def _paint_masks(canvas: Image.Image, masks: Sequence[BoxMask | None], factor: int) -> Image.Image:
+    """Each mask blended in its colour at `_MASK_ALPHA`, by Pillow's `paste` of the colour
+    through the mask (the blend runs in C on the canvas's own bytes; the canvas is the
+    caller's new image, painted in place)."""
+    alpha = round(_MASK_ALPHA * 255)
+    for index, mask in enumerate(masks):
+        if mask is None or not mask.crop.any():
+            continue
+        # the crop at the canvas's scale: every factor-th pixel is enough for a picture
+        crop = mask.crop[::factor, ::factor]
+        y0, x0 = mask.y0_px // factor, mask.x0_px // factor
+        h = min(crop.shape[0], canvas.height - y0)
+        w = min(crop.shape[1], canvas.width - x0)
+        if h <= 0 or w <= 0:
+            continue
+        stencil = Image.fromarray(crop[:h, :w].view(np.uint8) * np.uint8(alpha))
+        canvas.paste(_PALETTE[index % len(_PALETTE)], (x0, y0, x0 + w, y0 + h), stencil)
+    return canvas
+
+
+def _font(size_px: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size_px)
+    except (TypeError, OSError):  # Pillow built without FreeType
+        return ImageFont.load_default()
+
+
+def _ink(background: tuple[int, int, int]) -> tuple[int, int, int]:
+    r, g, b = background
+    return (0, 0, 0) if (299 * r + 587 * g + 114 * b) / 1000 > 128 else (255, 255, 255)
+
+
+# Tasks whose output objects carry pixel boxes on the first image get an overlay.
+OVERLAY_TASKS = frozenset({"detect", "segment"})
+
+
+def write_artifacts(
+    job: Job,
+    stores: Stores,
+    overlay_max_side_px: int,
+    folder: str,
+    attempt_id: str,
+    size_px: tuple[int, int] | None,
+    picture: PreparedImage | None,
+    parsed: TaskOutput,
+    written: list[str],
+) -> dict[str, str]:
+    """Mask PNGs, the size of the first (upright) image (``size_px``), and its overlay,
+    drawn on ``picture`` (prepared with its pixels; none when the job says
+    ``options.overlay: false``), under this attempt's own folder. Mask entries are added
+    to `parsed.output["objects"]` (uri, area, COCO RLE)."""
+    artifacts: dict[str, str] = {}
+    objects = parsed.output.get("objects")
+    if job.task not in OVERLAY_TASKS or not isinstance(objects, list) or size_px is None:
+        return artifacts
+    base = join_uri(folder, "attempts", attempt_id)
+    width_px, height_px = size_px
+    masks: list[BoxMask | None] = list(parsed.masks or [None] * len(objects))
+    for index, (obj, mask) in enumerate(zip(objects, masks, strict=True)):
+        if mask is None:
+            continue
+        # names come from the index and a slug, never from the raw label
+        uri = join_uri(base, "masks", f"{index:03d}-{slug(str(obj.get('label', '')))}.png")
+        png = encode_mask_png(mask, width_px, height_px)
+        stores.put_bytes(uri, png, content_type="image/png")
+        written.append(uri)
+        obj["mask"] = uri
+        obj["mask_area"] = mask.area_px()
+        obj["mask_rle"] = encode_box_mask_rle(mask, width_px, height_px)
+    if not job.options.overlay:
+        return artifacts
+    if picture is None or picture.upright is None:
+        raise ValueError("the overlay's image was prepared without its pixels")
+    image_format, extension, content_type = overlay_format(picture.source_format)
+    drawn = render_overlay(
+        picture.upright,
+        objects,
+        masks=masks,
+        max_side_px=overlay_max_side_px,
+        image_format=image_format,
+        full_size_px=size_px,
+    )
+    uri = join_uri(base, f"overlay.{extension}")
+    stores.put_bytes(uri, drawn, content_type=content_type)
+    written.append(uri)
+    artifacts["overlay"] = uri
+    return artifacts

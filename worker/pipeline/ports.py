@@ -1,0 +1,76 @@
+"""Everything a job touches, as small interfaces: the pipeline's only view of the world.
+
+`Ports` is built once per process by the composition root (`worker.runtime`), with Redis
+and S3 adapters in a worker and in-memory and local ones in `gvw demo`, the in-process
+benchmarks and the pipeline's fast tests. The pipeline sees each port through the
+Protocol below (and `worker.gemini.port.Gemini`), never through an adapter's own class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from tasks.pricing import PriceTable
+from worker.fleet.answer_cache import AnswerCache
+from worker.fleet.answer_store import AnswerStore
+from worker.fleet.batch_store import Batches
+from worker.fleet.budget import Budget
+from worker.fleet.deliveries import Deliveries
+from worker.fleet.file_cache import FileCache
+from worker.fleet.job_claims import JobClaims
+from worker.fleet.job_locks import JobLocks
+from worker.fleet.ratelimit import RateLimiter
+from worker.fleet.refusals import LocalRefusals, Refusals
+from worker.gemini.port import Gemini
+from worker.pipeline.request_images import ImageSender
+from worker.settings import Settings
+from worker.storage.port import ObjectHead, ObjectInfo
+
+
+class Stores(Protocol):
+    """Bytes by URI for every scheme a job may name (`worker.storage.StoreRouter`)."""
+
+    def get_bytes(self, uri: str, *, max_bytes: int) -> bytes: ...
+    def put_bytes(self, uri: str, data: bytes, *, content_type: str) -> None: ...
+    def create_exclusive(self, uri: str, data: bytes, *, content_type: str) -> bool: ...
+    def exists(self, uri: str) -> bool: ...
+    def exists_each(self, uris: Sequence[str]) -> list[bool]: ...
+    def delete(self, uri: str) -> None: ...
+    def list_objects(self, uri_prefix: str) -> Iterator[ObjectInfo]: ...
+    def read_head(self, uri: str, *, max_bytes: int) -> ObjectHead: ...
+    def presign_get(self, uri: str, *, ttl_s: int, version_id: str | None) -> str | None: ...
+    def connect_s3(self) -> None: ...
+
+
+@dataclass
+class Ports:
+    """Everything a job touches, built once per process (see `worker.runtime`)."""
+
+    settings: Settings
+    stores: Stores
+    gemini: Gemini
+    locks: JobLocks
+    files: FileCache
+    limiter: RateLimiter
+    deliveries: Deliveries
+    answers: AnswerStore
+    claims: JobClaims
+    prices: PriceTable
+    answer_cache: AnswerCache
+    budget: Budget
+    # batch mode's state (None without Redis: batch mode is then refused)
+    batches: Batches | None = None
+    # jobs refused because their id belongs to another job (`worker.fleet.refusals`)
+    refusals: Refusals = field(default_factory=LocalRefusals)
+    # asks for a follower run soon (set by the Celery app; `worker.batch.follower`)
+    schedule_batch_run: Callable[[], None] = field(default=lambda: None)
+
+    def sender(self) -> ImageSender:
+        return ImageSender(
+            self.gemini,
+            self.files,
+            inline_max_bytes=self.settings.gvw_inline_max_bytes,
+            active_timeout_s=self.settings.gvw_file_active_timeout_s,
+        )
