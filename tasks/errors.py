@@ -17,14 +17,16 @@ its boundary, always ``raise ... from exc``.
     │   ├── ModelRejected            model_error        (4xx: the request as sent is wrong)
     │   │   ├── FileUriRejected      model_error        (403/404 on a File API URI: upload
     │   │   │                                            again once, then final)
-    │   │   └── FileNotActive        model_error        (400 FAILED_PRECONDITION: wait
-    │   │                                                for ACTIVE once, then final)
+    │   │   ├── FileNotActive        model_error        (400 FAILED_PRECONDITION: wait
+    │   │   │                                            for ACTIVE once, then final)
+    │   │   └── UrlNotFetched        model_error        (Gemini could not fetch an image
+    │   │                                                URL: the bytes instead, once)
     │   ├── QuotaExhausted           quota_exhausted    (per-day quota: waiting, not retrying)
     │   ├── WorkerMisconfigured      worker_misconfigured (no or wrong storage credentials)
     │   └── WorkerLost               internal           (the job kept killing its worker)
     ├── ModelOutputInvalid           model_output_invalid, retried a bounded number of times
     └── RetryableError               retried with backoff, then error.json
-        ├── ModelRateLimited         429 per-minute quota, carries retry_after_s
+        ├── ModelRateLimited         quota_exhausted    (429 per-minute: retry_after_s)
         ├── BudgetExhausted          quota_exhausted    (the fleet's day budget: a wait)
         ├── DependencyUnavailable    a service the job needs is down: a wait, bounded by
         │   │                        GVW_OUTAGE_MAX_WAIT_S, never a spent retry
@@ -35,8 +37,13 @@ its boundary, always ``raise ... from exc``.
         │                                                job's own, retried, not waited for)
         ├── AttemptTimedOut          internal           (past the soft time limit)
         ├── JobBusy                  internal           (another worker holds the job)
-        └── RecordNotWritten         internal           (failed for good, but storage did
-                                                         not take error.json: written later)
+        ├── RecordNotWritten         internal           (failed for good, but storage did
+        │                                                not take error.json: written later)
+        └── InternalError            internal           (a bug: retried, then recorded,
+                                                         never silent)
+
+This drawing is the tree's one picture: tests/unit/test_exception_tree.py checks it
+against the classes below (names, parents, codes).
 
 Each class carries its stable ``code`` (docs/contract.md's error codes) so the task decides
 retry or failure from the type alone. Instances pickle cleanly (they cross Celery).
@@ -274,3 +281,9 @@ class RecordNotWritten(RetryableError):
     code = "internal"
     #: what it waits for (`worker.queue.outage_log` names it)
     dependency: ClassVar[str] = "storage"
+
+
+class InternalError(RetryableError):
+    """A bug or an unforeseen failure: retried like a transient error, then recorded."""
+
+    code = "internal"

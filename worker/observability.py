@@ -199,7 +199,18 @@ class OutageWaitFilter(logging.Filter):
     look, for the whole outage), "Task ... reject requeue=True: Error 111 ..." (a job whose
     wait could not be sent while the broker was away: it goes back on the queue) and
     "Task ... cannot be acknowledged after a connection loss ..." (each job in flight when
-    the broker went away)."""
+    the broker went away). Celery's "consumer: Cannot connect to ...: Trying again in N
+    seconds" is said once an outage: its repeats, every few seconds while the broker stays
+    away, are dropped until the consumer is "Connected to" it again. Two lines that say
+    nothing an operator acts on go too: kombu's "Restoring N unacknowledged message(s)"
+    as the broker goes away (`worker.queue.broker_transport` says which jobs go back, and
+    when; at a shutdown the line stays) and Celery's
+    "Skipping prefetch count reduction after connection restart" (per-consumer QoS)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._broker_away_said = False
+        self._broker_away = False
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name == "celery.app.trace":
@@ -208,7 +219,23 @@ class OutageWaitFilter(logging.Filter):
                 return not any(name in text for name in _OUTAGE_ERRORS)
             return " reject requeue=True: " not in text
         if record.name == "celery.worker.consumer.consumer":
-            return "cannot be acknowledged after a connection loss" not in record.getMessage()
+            text = record.getMessage()
+            if text.startswith("consumer: Connection to broker lost"):
+                self._broker_away = True
+            if text.startswith("consumer: Cannot connect to "):
+                repeat, self._broker_away_said = self._broker_away_said, True
+                return not repeat
+            return not (
+                "cannot be acknowledged after a connection loss" in text
+                or text.startswith("Skipping prefetch count reduction")
+            )
+        if record.name == "kombu.transport.virtual.base":
+            return not (self._broker_away and record.getMessage().startswith("Restoring "))
+        if record.name == "celery.worker.consumer.connection":
+            if record.getMessage().startswith("Connected to "):
+                # the next outage is said again
+                self._broker_away_said = self._broker_away = False
+            return True
         if record.name == "py.warnings":
             # Celery's notice, on every broker outage, that cancelling running jobs will be
             # its default: a thread pool opts out on purpose (worker.queue.app._init_worker). A
@@ -242,3 +269,6 @@ def configure_logging(level: str, *, fmt: str = "text", secrets: tuple[str, ...]
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("google_genai").setLevel(logging.WARNING)
+    # "Found credentials in environment variables." and "Found endpoint for s3 via: ..."
+    # on every S3 client a process builds (each pool process, each replaced one): noise
+    logging.getLogger("botocore").setLevel(logging.WARNING)

@@ -5,7 +5,12 @@ import logging
 
 import pytest
 
-from worker.observability import SIGNED_URL_MARK, JsonFormatter, TextFormatter
+from worker.observability import (
+    SIGNED_URL_MARK,
+    JsonFormatter,
+    OutageWaitFilter,
+    TextFormatter,
+)
 
 
 def _line(formatter: JsonFormatter, message: str, **extra: object) -> dict:
@@ -87,3 +92,49 @@ def test_signed_urls_never_reach_a_log_line(url: str) -> None:
         line = formatter.format(record)
         assert "sig" not in line.lower().replace("signed", ""), line
         assert SIGNED_URL_MARK in line
+
+
+def _record(logger: str, level: int, message: str) -> logging.LogRecord:
+    return logging.LogRecord(logger, level, "c.py", 1, message, (), None)
+
+
+def test_a_broker_outage_says_it_cannot_connect_once_not_every_retry() -> None:
+    keep = OutageWaitFilter()
+    cannot = "consumer: Cannot connect to redis://127.0.0.1:6379/0: Error 111.\nTrying again in 2.00 seconds... (%d/100)"
+    lines = [
+        _record(
+            "celery.worker.consumer.consumer",
+            logging.WARNING,
+            "consumer: Connection to broker lost.",
+        ),
+        *(
+            _record("celery.worker.consumer.consumer", logging.ERROR, cannot % n)
+            for n in range(1, 6)
+        ),
+        _record(
+            "celery.worker.consumer.connection",
+            logging.INFO,
+            "Connected to redis://127.0.0.1:6379/0",
+        ),
+        _record("celery.worker.consumer.consumer", logging.ERROR, cannot % 1),  # the next outage
+        _record("celery.worker.consumer.consumer", logging.ERROR, cannot % 2),
+    ]
+    lines[1:1] = [  # after the loss: dropped
+        _record(
+            "kombu.transport.virtual.base", logging.INFO, "Restoring 3 unacknowledged message(s)"
+        ),
+        _record(
+            "celery.worker.consumer.consumer",
+            logging.INFO,
+            "Skipping prefetch count reduction after connection restart because per-consumer QoS",
+        ),
+    ]
+    said = [r.getMessage()[-7:] for r in lines if keep.filter(r)]
+    # the outage's start, its first failed connection, the return, the next outage's first
+    assert said == ["r lost.", "(1/100)", ":6379/0", "(1/100)"]
+    # kombu's line at a shutdown, with the broker there, stays
+    assert keep.filter(
+        _record(
+            "kombu.transport.virtual.base", logging.INFO, "Restoring 1 unacknowledged message(s)"
+        )
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import sys
 import time
@@ -30,10 +31,10 @@ from tasks.errors import (
     AttemptTimedOut,
     FleetUnavailable,
     GvwError,
+    InternalError,
     InvalidJob,
     PermanentError,
     RecordNotWritten,
-    RetryableError,
     WorkerLost,
 )
 from tasks.retry_policy import RetryPolicy, is_outage, is_waiting
@@ -57,12 +58,6 @@ from worker.queue.remote_control import restrict_remote_control
 from worker.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
-
-
-class InternalError(RetryableError):
-    """A bug or an unforeseen failure: retried like a transient error, then recorded."""
-
-    code = "internal"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -156,7 +151,22 @@ def loglevel_flag(argv: list[str]) -> str | None:
 
 @signals.worker_process_init.connect
 def _init_pool_child(**_: Any) -> None:
+    sys.unraisablehook = _exit_as_told
     runtime.init_process(warm=True)  # each prefork child runs jobs: warm it
+
+
+def _exit_as_told(unraisable: Any) -> None:
+    """A prefork child told to stop (SIGTERM: Celery cancels the jobs in flight when the
+    broker goes away) exits by the SystemExit that billiard's signal handler raises in
+    whatever frame is running. When that frame is a weakref callback or a ``__del__``,
+    Python ignores the exception, prints "Exception ignored in ... SystemExit: -241" with
+    a traceback, and the child runs on with its cancelled job. Exit as told instead."""
+    import billiard.common  # billiard's own flag: set only by its shutdown handler
+
+    if isinstance(unraisable.exc_value, SystemExit) and billiard.common._should_have_exited[0]:
+        code = unraisable.exc_value.code
+        os._exit(code & 0xFF if isinstance(code, int) else 1)
+    sys.__unraisablehook__(unraisable)
 
 
 @signals.worker_init.connect
