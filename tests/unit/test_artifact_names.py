@@ -38,12 +38,13 @@ def test_hostile_labels_give_safe_unique_names(tmp_path: Path, png_bytes: bytes)
     masks = [BoxMask(0, 0, np.ones((24, 32), dtype=bool)) for _ in HOSTILE]
     parsed = TaskOutput(output={"objects": objects}, masks=list(masks))
     folder = f"file://{tmp_path}/out/j-1"
-    written: list[str] = []
     overlay_max_side_px = Settings().gvw_overlay_max_side_px
     size_px = (image.width_px, image.height_px)
-    write_artifacts(
-        job, StoreRouter(), overlay_max_side_px, folder, "att-1", size_px, image, parsed, written
+    done = write_artifacts(
+        job, StoreRouter(), overlay_max_side_px, folder, "att-1", size_px, image, parsed
     )
+    objects = done.output["objects"]
+    written = done.written
     mask_uris = [o["mask"] for o in objects]
     assert len(set(mask_uris)) == len(HOSTILE)
     job_dir = (tmp_path / "out" / "j-1").resolve()

@@ -780,3 +780,93 @@ def test_image_facts_survive_json_for_a_batch_and_refuse_anything_else() -> None
         ImageFacts.from_json({"uri": "s3://inbox/a.png"})
     with pytest.raises((TypeError, KeyError, ValueError)):
         ImageFacts.from_json({**facts.to_json(), "colour": "red"})
+
+
+# ---- one reading of a decoder's failure: TooLarge, InvalidImage, or the worker's own ----
+
+
+def gif_with_first_frame(width_px: int, height_px: int) -> bytes:
+    """A GIF whose logical screen says 10x10 and whose first frame says otherwise: a frame
+    larger than the header, which only Pillow's own bomb check sees (when it opens it)."""
+    screen = struct.pack("<HHBBB", 10, 10, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff"
+    frame = b"\x2c" + struct.pack("<HHHHB", 0, 0, width_px, height_px, 0)
+    return b"GIF89a" + screen + frame + b"\x02\x02\x44\x01\x00" + b"\x3b"
+
+
+@pytest.mark.parametrize(
+    ("width_px", "height_px"),
+    [
+        pytest.param(10000, 9000, id="past-pillows-warning"),
+        pytest.param(20000, 10000, id="past-pillows-error"),
+    ],
+)
+def test_pillows_own_bomb_check_is_too_large_in_its_words(width_px: int, height_px: int) -> None:
+    with pytest.raises(TooLarge, match=r"^image too large: Image size \(") as caught:
+        prepare_image(gif_with_first_frame(width_px, height_px), max_pixels=1_000_000)
+    assert caught.value.details["max_pixels"] == 1_000_000
+
+
+def test_a_jpeg_header_past_pillows_own_check_is_too_large() -> None:
+    with pytest.raises(TooLarge, match=r"^image too large: Image size \(") as caught:
+        read_header(jpeg_claiming(65535, 65535))
+    assert caught.value.details["max_pixels"] == DEFAULT_MAX_PIXELS
+
+
+def _raising(error: BaseException) -> object:
+    def fail(*args: object, **kwargs: object) -> None:
+        raise error
+
+    return fail
+
+
+@pytest.mark.parametrize("where", ["open", "load"])
+@pytest.mark.parametrize(
+    ("error", "expected", "message"),
+    [
+        pytest.param(
+            Image.DecompressionBombError("bomb"), TooLarge, "image too large: bomb", id="bomb"
+        ),
+        pytest.param(
+            Image.DecompressionBombWarning("bomb?"),
+            TooLarge,
+            r"image too large: bomb\?",
+            id="bomb-warning",
+        ),
+        pytest.param(OSError("broken"), InvalidImage, "cannot decode PNG image: broken", id="os"),
+        pytest.param(MemoryError("no room"), MemoryError, "no room", id="memory"),
+    ],
+)
+def test_a_decoders_failure_means_one_thing_wherever_it_happens(
+    monkeypatch: pytest.MonkeyPatch,
+    where: str,
+    error: BaseException,
+    expected: type[BaseException],
+    message: str,
+) -> None:
+    # the header read and the decode: a MemoryError is the worker's, not the image's
+    target = Image if where == "open" else ImageFile.ImageFile
+    monkeypatch.setattr(target, where, _raising(error))
+    with pytest.raises(expected, match=f"^{message}$") as caught:
+        prepare_image(encode(marked_image(), "PNG"))
+    if expected is not MemoryError:
+        assert caught.value.__cause__ is error
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        pytest.param(Image.DecompressionBombError("bomb"), TooLarge, id="bomb"),
+        pytest.param(MemoryError("no room"), MemoryError, id="memory"),
+    ],
+)
+def test_a_header_read_refuses_a_bomb_and_leaves_a_memory_error_alone(
+    monkeypatch: pytest.MonkeyPatch, error: BaseException, expected: type[BaseException]
+) -> None:
+    monkeypatch.setattr(Image, "open", _raising(error))
+    with pytest.raises(expected):
+        read_header(_jpeg((64, 48)))
+
+
+def test_a_header_pillow_cannot_read_settles_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "open", _raising(SyntaxError("not a JPEG after all")))
+    assert read_header(_jpeg((64, 48))) is None

@@ -19,7 +19,6 @@ import json
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -28,7 +27,8 @@ import redis
 
 from tasks.base import ModelRequest
 from worker.contract.records import now_iso
-from worker.fleet.token_lock import LocalTokenLocks, RedisTokenLocks, TokenLocks
+from worker.fleet.single_flight import SingleFlight
+from worker.fleet.token_lock import LocalTokenLocks, RedisTokenLocks
 from worker.gemini.records import GenerationOptions, ModelAnswer, TokenUsage
 
 # an answer is a few KB; one above this is not worth a Redis value (it is asked again)
@@ -124,59 +124,43 @@ class NoAnswerCache:
         return None
 
 
-class _SingleFlight:
-    """`lookup` over a store's primitives. Identical requests arriving together (a
-    burst of duplicates, the common case of a backfill) would all miss and all pay: the
-    first takes the lead and asks, the others wait for its answer. A leader that dies
-    leaves its lead to expire (``lead_ttl_s``, past the task's hard time limit); one that
-    fails releases it, and a waiter takes over."""
+class _AnswerFlight:
+    """`lookup` and `release` over a store's `_get`. Identical requests arriving together
+    (a burst of duplicates, the common case of a backfill) would all miss and all pay: the
+    first takes the lead and asks, the others wait for its answer (the fleet's single
+    flight, `worker.fleet.single_flight`). A leader that dies leaves its lead to expire
+    (``lead_ttl_s``, past the task's hard time limit); one that fails releases it, and a
+    waiter takes over."""
 
     enabled = True
     lead_ttl_s: float
+    # the lead of one request's key, on the fleet's token lock (worker.fleet.token_lock)
+    _flight: SingleFlight
 
     def _get(self, key: str) -> CachedAnswer | None:
         raise NotImplementedError
 
-    # the fleet's token lock (worker.fleet.token_lock): the lead of one request's key
-    _locks: TokenLocks
-    _lead_prefix: str = ""
-
-    def _try_lead(self, key: str, token: str) -> bool:
-        return self._locks.acquire(self._lead_prefix + key, self.lead_ttl_s, token) is not None
-
     def lookup(self, key: str, *, wait_s: float) -> Lookup:
-        deadline = time.monotonic() + wait_s
-        pause_s = 0.05
-        token = uuid.uuid4().hex
-        while True:
-            found = self._get(key)
-            if found is not None:
-                return Lookup(found=found)
-            if self._try_lead(key, token):
-                # the leader before us may have stored it between our get and our lead
-                found = self._get(key)
-                if found is not None:
-                    self.release(key, token)
-                    return Lookup(found=found)
-                return Lookup(lead_token=token)
-            if time.monotonic() >= deadline:
-                log.warning("an identical request is still being asked elsewhere: asking too")
-                return Lookup()
-            time.sleep(min(pause_s, max(0.0, deadline - time.monotonic())))
-            pause_s = min(pause_s * 1.5, 1.0)
+        flight = self._flight.wait_or_lead(
+            key, lambda: self._get(key), ttl_s=self.lead_ttl_s, wait_s=wait_s
+        )
+        if flight.found is None and flight.lead_token is None:
+            log.warning("an identical request is still being asked elsewhere: asking too")
+        return Lookup(found=flight.found, lead_token=flight.lead_token)
 
     def release(self, key: str, token: str) -> None:
-        self._locks.release(self._lead_prefix + key, token)
+        self._flight.release(key, token)
 
 
-class RedisAnswerCache(_SingleFlight):
+class RedisAnswerCache(_AnswerFlight):
     def __init__(self, client: redis.Redis, *, project: str, ttl_s: int, lead_ttl_s: float) -> None:
         self._redis = client
         self._prefix = f"gvw:answer-cache:{project}:"
-        self._lead_prefix = f"gvw:answer-cache-lead:{project}:"
         self._ttl_s = ttl_s
         self.lead_ttl_s = lead_ttl_s
-        self._locks = RedisTokenLocks(client)
+        self._flight = SingleFlight(
+            RedisTokenLocks(client), prefix=f"gvw:answer-cache-lead:{project}:"
+        )
 
     def _get(self, key: str) -> CachedAnswer | None:
         raw = self._redis.get(self._prefix + key)
@@ -193,15 +177,14 @@ class RedisAnswerCache(_SingleFlight):
         self._redis.delete(self._prefix + key)
 
 
-class LocalAnswerCache(_SingleFlight):
+class LocalAnswerCache(_AnswerFlight):
     """In memory, for `gvw demo` and single processes without Redis."""
 
     def __init__(self, *, ttl_s: int, lead_ttl_s: float) -> None:
         self._ttl_s = ttl_s
         self.lead_ttl_s = lead_ttl_s
         self._entries: dict[str, tuple[float, bytes]] = {}
-        self._locks = LocalTokenLocks()
-        self._lead_prefix = ""
+        self._flight = SingleFlight(LocalTokenLocks())
         self._mutex = threading.Lock()
 
     def _get(self, key: str) -> CachedAnswer | None:

@@ -75,8 +75,9 @@ class RedisAnswerStore:
 
 
 class LocalAnswerStore:
-    def __init__(self, *, ttl_s: int = 24 * 3600) -> None:
+    def __init__(self, *, ttl_s: int = 24 * 3600, max_bytes: int = 4_000_000) -> None:
         self._ttl_s = ttl_s
+        self._max_bytes = max_bytes
         self._answers: dict[str, tuple[float, bytes]] = {}
         self._mutex = threading.Lock()
 
@@ -91,6 +92,8 @@ class LocalAnswerStore:
         self, job_id: str, fingerprint: str, answer: ModelAnswer, transports: list[str]
     ) -> bool:
         encoded = _encode(fingerprint, answer, transports)
+        if len(encoded) > self._max_bytes:
+            return False
         with self._mutex:
             self._answers[job_id] = (time.monotonic() + self._ttl_s, encoded)
         return True

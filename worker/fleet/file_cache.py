@@ -25,7 +25,8 @@ from typing import Protocol
 import redis
 
 from tasks.errors import ModelUnavailable
-from worker.fleet.token_lock import LocalTokenLocks, RedisTokenLocks, TokenLocks
+from worker.fleet.single_flight import SingleFlight
+from worker.fleet.token_lock import LocalTokenLocks, RedisTokenLocks
 from worker.observability import FILE_EVENTS
 
 
@@ -64,11 +65,14 @@ class FileCache(Protocol):
     ) -> tuple[CachedFile, bool]: ...
 
 
-class _SingleFlight:
-    """`get_or_upload` over the primitives of a concrete cache."""
+class _UploadFlight:
+    """`get_or_upload` over the primitives of a concrete cache: one upload per image for
+    the fleet, by the fleet's single flight (`worker.fleet.single_flight`)."""
 
     lock_ttl_s: float
     wait_s: float
+    # one lock per image being uploaded, on the fleet's token lock (worker.fleet.token_lock)
+    _flight: SingleFlight
 
     def get(self, sha256: str) -> CachedFile | None:
         raise NotImplementedError
@@ -79,15 +83,8 @@ class _SingleFlight:
     def count(self, event: str, amount: int = 1) -> None:
         raise NotImplementedError
 
-    # the fleet's token lock (worker.fleet.token_lock), one per image being uploaded
-    _locks: TokenLocks
-    _lock_prefix: str = ""
-
     def _try_lock(self, sha256: str) -> str | None:
-        return self._locks.acquire(self._lock_prefix + sha256, self.lock_ttl_s)
-
-    def _unlock(self, sha256: str, token: str) -> None:
-        self._locks.release(self._lock_prefix + sha256, token)
+        return self._flight.lead(sha256, self.lock_ttl_s)
 
     def _event(self, event: str) -> None:
         self.count(event)
@@ -101,43 +98,39 @@ class _SingleFlight:
         on_wait: Callable[[], None] | None = None,
     ) -> tuple[CachedFile, bool]:
         """The cached upload of `sha256`, uploading it if nobody has. Returns (entry, hit)."""
-        deadline = time.monotonic() + self.wait_s
-        pause_s = 0.05
-        waited = False
-        while True:
-            entry = self.get(sha256)
-            if entry is not None:
-                self._event("cache_hits")
-                return entry, True
-            token = self._try_lock(sha256)
-            if token is not None:
-                try:
-                    # the previous holder may have finished between our get and our lock
-                    entry = self.get(sha256)
-                    if entry is not None:
-                        self._event("cache_hits")
-                        return entry, True
-                    entry = upload()
-                    self.put(entry)
-                    self._event("uploads")
-                    return entry, False
-                finally:
-                    self._unlock(sha256, token)
-            if not waited:
-                waited = True
-                self._event("upload_waits")
-                if on_wait is not None:
-                    on_wait()
-            if time.monotonic() >= deadline:
-                raise ModelUnavailable(
-                    f"upload of image {sha256[:12]} is still in progress on another worker "
-                    f"after {self.wait_s:.0f} s"
-                )
-            time.sleep(pause_s)
-            pause_s = min(pause_s * 1.5, 1.0)
+
+        def waiting() -> None:
+            self._event("upload_waits")
+            if on_wait is not None:
+                on_wait()
+
+        flight = self._flight.wait_or_lead(
+            sha256,
+            lambda: self.get(sha256),
+            ttl_s=self.lock_ttl_s,
+            wait_s=self.wait_s,
+            on_wait=waiting,
+            # wait_s already outlives a dead holder's lock: every pause is taken whole
+            clip_pause_to_deadline=False,
+        )
+        if flight.found is not None:
+            self._event("cache_hits")
+            return flight.found, True
+        if flight.lead_token is None:
+            raise ModelUnavailable(
+                f"upload of image {sha256[:12]} is still in progress on another worker "
+                f"after {self.wait_s:.0f} s"
+            )
+        try:
+            entry = upload()
+            self.put(entry)
+            self._event("uploads")
+            return entry, False
+        finally:
+            self._flight.release(sha256, flight.lead_token)
 
 
-class RedisFileCache(_SingleFlight):
+class RedisFileCache(_UploadFlight):
     def __init__(
         self,
         client: redis.Redis,
@@ -154,7 +147,7 @@ class RedisFileCache(_SingleFlight):
         # a waiter outlives a dead holder's lock by a little, then uploads itself
         self.wait_s = wait_s if wait_s is not None else lock_ttl_s + 5.0
         self._locks = RedisTokenLocks(client)
-        self._lock_prefix = f"{self._prefix}lock:"
+        self._flight = SingleFlight(self._locks, prefix=f"{self._prefix}lock:")
 
     def _entry_key(self, sha256: str) -> str:
         return f"{self._prefix}entry:{sha256}"
@@ -196,7 +189,7 @@ class RedisFileCache(_SingleFlight):
         return {k.decode(): int(v) for k, v in raw.items()}  # type: ignore[union-attr]
 
 
-class LocalFileCache(_SingleFlight):
+class LocalFileCache(_UploadFlight):
     """In-process cache for `gvw demo` and single-process use, where there is no Redis."""
 
     def __init__(self, *, margin_s: float = 3600.0, lock_ttl_s: float = 120.0) -> None:
@@ -204,7 +197,7 @@ class LocalFileCache(_SingleFlight):
         self.lock_ttl_s = lock_ttl_s
         self.wait_s = lock_ttl_s + 5.0
         self._entries: dict[str, CachedFile] = {}
-        self._locks = LocalTokenLocks()
+        self._flight = SingleFlight(LocalTokenLocks())
         self._counters: dict[str, int] = {}
         self._mutex = threading.Lock()
 

@@ -120,10 +120,11 @@ class RedisRefusals:
 
 
 class LocalRefusals:
-    """In memory, for `gvw demo` and single processes without Redis."""
+    """In memory, for `gvw demo` and single processes without Redis: the same bounds."""
 
     def __init__(self) -> None:
         self._kept: dict[str, dict[str, Refusal]] = {}
+        self._index: dict[tuple[str, str], float] = {}  # the fleet's list: (id, fp) -> when
         self._mutex = threading.Lock()
 
     def refuse(self, job_id: str, fingerprint: str, record: bytes) -> None:
@@ -131,7 +132,12 @@ class LocalRefusals:
             of_id = self._kept.setdefault(job_id, {})
             if fingerprint not in of_id and len(of_id) >= REFUSALS_PER_ID:
                 return
-            of_id[fingerprint] = Refusal(job_id, fingerprint, time.time(), record)
+            when = time.time()
+            of_id[fingerprint] = Refusal(job_id, fingerprint, when, record)
+            self._index[(job_id, fingerprint)] = when
+            if len(self._index) > REFUSALS_MAX:
+                newest = sorted(self._index.items(), key=lambda item: -item[1])[:REFUSALS_MAX]
+                self._index = dict(newest)
 
     def refused(self, job_id: str, fingerprint: str) -> bytes | None:
         found = self._kept.get(job_id, {}).get(fingerprint)
@@ -141,8 +147,10 @@ class LocalRefusals:
         return sorted(self._kept.get(job_id, {}).values(), key=lambda r: -r.when)
 
     def latest(self, limit: int = 100) -> Iterator[Refusal]:
-        every = [r for of_id in self._kept.values() for r in of_id.values()]
-        yield from sorted(every, key=lambda r: -r.when)[:limit]
+        with self._mutex:
+            newest = sorted(self._index, key=lambda member: -self._index[member])[:limit]
+            found = [self._kept.get(job_id, {}).get(fp) for job_id, fp in newest]
+        yield from (refusal for refusal in found if refusal is not None)
 
 
 def _text(value: Any) -> str:

@@ -36,6 +36,8 @@ import io
 import math
 import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Final
 
@@ -309,7 +311,7 @@ def _decode_and_prepare(
 ) -> PreparedImage:
     im = _open_guarded(data, source_format, max_pixels, job_pixels_left)
     full_size = im.size
-    try:
+    with _decoder_errors(source_format):
         if source_format == "JPEG" and pixels_side_px is not None:
             _draft(im, pixels_side_px, sent_side_px)
         drafted = im.size != full_size
@@ -325,17 +327,6 @@ def _decode_and_prepare(
             working = ImageOps.exif_transpose(im)
         target_mode = _target_mode(working)
         mode_changes = target_mode != working.mode
-    except (TooLarge, InvalidImage):
-        raise
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise TooLarge(f"image too large: {exc}") from exc
-    except MemoryError:
-        raise
-    except Exception as exc:
-        # decoders of untrusted bytes fail in many ways (OSError "image file is truncated",
-        # SyntaxError "broken PNG file", ValueError, struct.error, zlib.error, ...): all of
-        # them mean the same thing to the job.
-        raise InvalidImage(f"cannot decode {source_format} image: {exc}") from exc
 
     sha256 = hashlib.sha256(data).hexdigest()
     # the full picture's size, upright (a quarter turn swaps the sides)
@@ -432,20 +423,37 @@ def raise_pillow_threshold(max_pixels: int) -> None:
             Image.MAX_IMAGE_PIXELS = wanted
 
 
+@contextmanager
+def _decoder_errors(source_format: str, *, max_pixels: int | None = None) -> Iterator[None]:
+    """What a decoder's failure on untrusted bytes means to the job, for every Pillow call
+    on them: Pillow's decompression-bomb error, or its warning (an error inside the guard),
+    is `TooLarge` (with ``max_pixels`` among its details when given); any other exception
+    is `InvalidImage`, since decoders of untrusted bytes fail in many ways (OSError "image
+    file is truncated", SyntaxError "broken PNG file", ValueError, struct.error,
+    zlib.error, ...) that all mean the same thing to the job. A `MemoryError` is the
+    worker's trouble, not the image's, and passes as it is, like our own `TooLarge` and
+    `InvalidImage`."""
+    try:
+        yield
+    except (TooLarge, InvalidImage):
+        raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        details = {} if max_pixels is None else {"max_pixels": max_pixels}
+        raise TooLarge(f"image too large: {exc}", **details) from exc
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise InvalidImage(f"cannot decode {source_format} image: {exc}") from exc
+
+
 def _open_guarded(
     data: bytes, source_format: str, max_pixels: int, job_pixels_left: int | None = None
 ) -> ImageFile.ImageFile:
     """Read the header only, and refuse what is too large before any pixel is allocated."""
     raise_pillow_threshold(max_pixels)
-    try:
+    # a bomb here is far past the limit (the threshold is at least twice it): Pillow's words
+    with _decoder_errors(source_format, max_pixels=max_pixels):
         im = Image.open(io.BytesIO(data), formats=[_PILLOW_DECODER[source_format]])
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        # far past the limit (the threshold is at least twice it): Pillow's words
-        raise TooLarge(f"image too large: {exc}", max_pixels=max_pixels) from exc
-    except MemoryError:
-        raise
-    except Exception as exc:
-        raise InvalidImage(f"cannot decode {source_format} image: {exc}") from exc
     check_pixels(im.size, source_format, max_pixels, job_pixels_left)
     return im
 
@@ -512,15 +520,11 @@ def read_header(
         return None
     raise_pillow_threshold(max_pixels)
     try:
-        with warnings.catch_warnings():
+        with _decoder_errors("JPEG", max_pixels=max_pixels), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the decode path reports them; nothing decodes here
             with Image.open(io.BytesIO(head), formats=["JPEG"]) as im:
                 facts = HeaderFacts("JPEG", im.mode, *im.size, _exif_orientation(im))
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise TooLarge(f"image too large: {exc}", max_pixels=max_pixels) from exc
-    except MemoryError:
-        raise
-    except Exception:
+    except InvalidImage:
         return None  # cut inside the header, or not a JPEG Pillow reads: the bytes way
     check_pixels((facts.width_px, facts.height_px), "JPEG", max_pixels, job_pixels_left)
     return facts

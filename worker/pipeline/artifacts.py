@@ -13,6 +13,7 @@ import struct
 import unicodedata
 import zlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -258,6 +259,17 @@ def _ink(background: tuple[int, int, int]) -> tuple[int, int, int]:
 OVERLAY_TASKS = frozenset({"detect", "segment"})
 
 
+@dataclass(frozen=True)
+class Artifacts:
+    """What an attempt wrote: the output with its objects' mask entries, the artifacts
+    the record names (the overlay), and every URI written (deleted if another attempt
+    commits first)."""
+
+    output: dict[str, Any]
+    named: dict[str, str] = field(default_factory=dict)
+    written: tuple[str, ...] = ()
+
+
 def write_artifacts(
     job: Job,
     stores: Stores,
@@ -267,38 +279,46 @@ def write_artifacts(
     size_px: tuple[int, int] | None,
     picture: PreparedImage | None,
     parsed: TaskOutput,
-    written: list[str],
-) -> dict[str, str]:
+) -> Artifacts:
     """Mask PNGs, the size of the first (upright) image (``size_px``), and its overlay,
     drawn on ``picture`` (prepared with its pixels; none when the job says
-    ``options.overlay: false``), under this attempt's own folder. Mask entries are added
-    to `parsed.output["objects"]` (uri, area, COCO RLE)."""
-    artifacts: dict[str, str] = {}
+    ``options.overlay: false``), under this attempt's own folder. The output returned is
+    ``parsed.output`` with each masked object's entry (uri, area, COCO RLE); ``parsed``
+    is left as it was."""
     objects = parsed.output.get("objects")
     if job.task not in OVERLAY_TASKS or not isinstance(objects, list) or size_px is None:
-        return artifacts
+        return Artifacts(parsed.output)
     base = join_uri(folder, "attempts", attempt_id)
     width_px, height_px = size_px
     masks: list[BoxMask | None] = list(parsed.masks or [None] * len(objects))
+    written: list[str] = []
+    with_masks: list[Any] = []
     for index, (obj, mask) in enumerate(zip(objects, masks, strict=True)):
         if mask is None:
+            with_masks.append(obj)
             continue
         # names come from the index and a slug, never from the raw label
         uri = join_uri(base, "masks", f"{index:03d}-{slug(str(obj.get('label', '')))}.png")
         png = encode_mask_png(mask, width_px, height_px)
         stores.put_bytes(uri, png, content_type="image/png")
         written.append(uri)
-        obj["mask"] = uri
-        obj["mask_area"] = mask.area_px()
-        obj["mask_rle"] = encode_box_mask_rle(mask, width_px, height_px)
+        with_masks.append(
+            {
+                **obj,
+                "mask": uri,
+                "mask_area": mask.area_px(),
+                "mask_rle": encode_box_mask_rle(mask, width_px, height_px),
+            }
+        )
+    output = {**parsed.output, "objects": with_masks}
     if not job.options.overlay:
-        return artifacts
+        return Artifacts(output, written=tuple(written))
     if picture is None or picture.upright is None:
         raise ValueError("the overlay's image was prepared without its pixels")
     image_format, extension, content_type = overlay_format(picture.source_format)
     drawn = render_overlay(
         picture.upright,
-        objects,
+        with_masks,
         masks=masks,
         max_side_px=overlay_max_side_px,
         image_format=image_format,
@@ -307,5 +327,4 @@ def write_artifacts(
     uri = join_uri(base, f"overlay.{extension}")
     stores.put_bytes(uri, drawn, content_type=content_type)
     written.append(uri)
-    artifacts["overlay"] = uri
-    return artifacts
+    return Artifacts(output, {"overlay": uri}, tuple(written))
