@@ -21,6 +21,7 @@ from worker.fleet.answer_store import AnswerStore, LocalAnswerStore, RedisAnswer
 from worker.fleet.batch_store import Batches, BatchStore, LocalBatchStore
 from worker.fleet.budget import Budget, LocalBudget, NoBudget, RedisBudget
 from worker.fleet.connection import fleet_client
+from worker.fleet.dead_letters import DeadLetters, LocalDeadLetters, RedisDeadLetters
 from worker.fleet.deliveries import Deliveries, LocalDeliveries, RedisDeliveries
 from worker.fleet.file_cache import FileCache, LocalFileCache, RedisFileCache
 from worker.fleet.job_claims import JobClaims, LocalJobClaims, RedisJobClaims
@@ -47,6 +48,7 @@ def build_ports(settings: Settings, *, local: bool = False) -> Ports:
     files: FileCache
     limiter: RateLimiter
     deliveries: Deliveries
+    dead_letters: DeadLetters
     answers: AnswerStore
     claims: JobClaims
     if local:
@@ -56,6 +58,7 @@ def build_ports(settings: Settings, *, local: bool = False) -> Ports:
         )
         limiter = NoRateLimit()
         deliveries = LocalDeliveries()
+        dead_letters = LocalDeadLetters()
         answers = LocalAnswerStore()
         claims = LocalJobClaims(ttl_s=settings.gvw_job_id_ttl_s)
         refusals: Refusals = LocalRefusals()
@@ -85,6 +88,7 @@ def build_ports(settings: Settings, *, local: bool = False) -> Ports:
             requests_per_minute=settings.gvw_rate_limit_rpm,
         )
         deliveries = RedisDeliveries(client)
+        dead_letters = RedisDeadLetters(client)
         answers = RedisAnswerStore(client)
         claims = RedisJobClaims(client, ttl_s=settings.gvw_job_id_ttl_s)
         refusals = RedisRefusals(client)
@@ -120,6 +124,7 @@ def build_ports(settings: Settings, *, local: bool = False) -> Ports:
         files=files,
         limiter=limiter,
         deliveries=deliveries,
+        dead_letters=dead_letters,
         answers=answers,
         claims=claims,
         prices=load_prices(settings.gvw_prices_file),

@@ -36,7 +36,7 @@ from worker.runtime import build_ports
 from worker.settings import Settings
 from worker.storage import StoreRouter
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.inprocess  # the fast tier (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_a_bad_image_fails_and_is_recorded(emulator: EmulatorServer, root: Path)
     assert outcome.status == "failed"
     record = record_of(root, "pdf")
     assert isinstance(record, ErrorRecord) and record.error.code == "invalid_image"
-    letter = ports.deliveries.get("pdf")
+    letter = ports.dead_letters.get("pdf")
     assert letter is not None and letter.recorded
 
 
@@ -235,12 +235,12 @@ def test_a_failure_storage_refuses_is_kept_and_written_later(
         publish_error(
             ports, job_id="later", task="caption", output=None, error=error, attempts=1, job={}
         )
-    pending = ports.deliveries.pending_record("later")
+    pending = ports.dead_letters.pending_record("later")
     assert pending is not None and json.loads(pending)["error"]["code"] == "invalid_image"
     monkeypatch.undo()
     outcome = publish_pending_record(ports, "later", f"file://{root}/out/later")
     assert outcome.status == "failed"
-    assert ports.deliveries.pending_record("later") is None
+    assert ports.dead_letters.pending_record("later") is None
     record = record_of(root, "later")
     assert isinstance(record, ErrorRecord) and record.error.code == "invalid_image"
 

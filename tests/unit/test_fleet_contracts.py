@@ -19,6 +19,7 @@ import pytest
 
 from worker.fleet import refusals as refusals_module
 from worker.fleet.answer_store import AnswerStore, LocalAnswerStore, RedisAnswerStore
+from worker.fleet.dead_letters import DeadLetters, LocalDeadLetters, RedisDeadLetters
 from worker.fleet.deliveries import Deliveries, LocalDeliveries, RedisDeliveries
 from worker.fleet.job_claims import JobClaims, LocalJobClaims, RedisJobClaims
 from worker.fleet.job_locks import JobLocks, LocalJobLocks, RedisJobLocks
@@ -82,7 +83,7 @@ def test_answer_store_does_not_keep_an_answer_too_large(
     assert answers.get("j", "fp-1") is None  # re-asked instead
 
 
-# ---- Deliveries: delivery counts and the dead-letter index ----------------------------------
+# ---- Deliveries: delivery, wait and time-limit counts --------------------------------------
 
 
 @pytest.fixture(params=ADAPTERS)
@@ -112,9 +113,29 @@ def test_waits_are_counted_apart_from_deliveries(deliveries: Deliveries) -> None
     assert deliveries.waits("other") == 0
 
 
-def test_a_dead_letter_keeps_its_record_until_it_is_written(deliveries: Deliveries) -> None:
+def test_time_limit_kills_are_counted_apart_and_forgotten_with_the_job(
+    deliveries: Deliveries,
+) -> None:
+    assert [deliveries.count_timeout("j") for _ in range(2)] == [1, 2]
+    assert deliveries.count("j", 0) == 1  # no delivery of any attempt
+    assert deliveries.waits("j") == 0
+    deliveries.forget("j")
+    assert deliveries.count_timeout("j") == 1
+
+
+# ---- DeadLetters: jobs that failed for good, and their records ------------------------------
+
+
+@pytest.fixture(params=ADAPTERS)
+def dead_letters(request: pytest.FixtureRequest) -> DeadLetters:
+    if request.param == "redis":
+        return RedisDeadLetters(fakeredis.FakeRedis())
+    return LocalDeadLetters()
+
+
+def test_a_dead_letter_keeps_its_record_until_it_is_written(dead_letters: DeadLetters) -> None:
     job = {"job_id": "a", "task": "caption", "images": ["s3://in/a.jpg"]}
-    deliveries.dead_letter(
+    dead_letters.dead_letter(
         "a",
         code="internal",
         message="storage down",
@@ -123,8 +144,8 @@ def test_a_dead_letter_keeps_its_record_until_it_is_written(deliveries: Deliveri
         fingerprint="fp-a",
         record=b'{"status": "failed"}',
     )
-    assert deliveries.pending_record("a") == b'{"status": "failed"}'
-    letter = deliveries.get("a")
+    assert dead_letters.pending_record("a") == b'{"status": "failed"}'
+    letter = dead_letters.get("a")
     assert letter is not None
     assert (letter.job_id, letter.code, letter.message, letter.attempts) == (
         "a",
@@ -134,38 +155,38 @@ def test_a_dead_letter_keeps_its_record_until_it_is_written(deliveries: Deliveri
     )
     assert (letter.job, letter.fingerprint, letter.recorded) == (job, "fp-a", False)
     assert abs(letter.when - time.time()) < 60
-    deliveries.mark_recorded("a")
-    assert deliveries.pending_record("a") is None
-    recorded = deliveries.get("a")
+    dead_letters.mark_recorded("a")
+    assert dead_letters.pending_record("a") is None
+    recorded = dead_letters.get("a")
     assert recorded is not None and recorded.recorded and recorded.code == "internal"
 
 
 def test_a_dead_letter_without_a_record_or_job_has_nothing_pending(
-    deliveries: Deliveries,
+    dead_letters: DeadLetters,
 ) -> None:
-    deliveries.dead_letter("a", code="invalid_job", message="bad", attempts=1, job=None)
-    assert deliveries.pending_record("a") is None
-    letter = deliveries.get("a")
+    dead_letters.dead_letter("a", code="invalid_job", message="bad", attempts=1, job=None)
+    assert dead_letters.pending_record("a") is None
+    letter = dead_letters.get("a")
     assert letter is not None and letter.job is None and letter.fingerprint == ""
-    assert deliveries.get("never-failed") is None
-    assert deliveries.pending_record("never-failed") is None
+    assert dead_letters.get("never-failed") is None
+    assert dead_letters.pending_record("never-failed") is None
 
 
-def test_dead_letters_are_listed_newest_first_and_removable(deliveries: Deliveries) -> None:
+def test_dead_letters_are_listed_newest_first_and_removable(dead_letters: DeadLetters) -> None:
     for job_id in ("a", "b", "c"):
-        deliveries.dead_letter(job_id, code="internal", message="m", attempts=1, job={})
+        dead_letters.dead_letter(job_id, code="internal", message="m", attempts=1, job={})
         time.sleep(0.01)
-    assert [d.job_id for d in deliveries.dead_letters()] == ["c", "b", "a"]
-    assert [d.job_id for d in deliveries.dead_letters(limit=2)] == ["c", "b"]
-    deliveries.remove("b")
-    assert deliveries.get("b") is None
-    assert [d.job_id for d in deliveries.dead_letters()] == ["c", "a"]
+    assert [d.job_id for d in dead_letters.dead_letters()] == ["c", "b", "a"]
+    assert [d.job_id for d in dead_letters.dead_letters(limit=2)] == ["c", "b"]
+    dead_letters.remove("b")
+    assert dead_letters.get("b") is None
+    assert [d.job_id for d in dead_letters.dead_letters()] == ["c", "a"]
 
 
-def test_a_dead_letter_is_bounded_whatever_the_job(deliveries: Deliveries) -> None:
+def test_a_dead_letter_is_bounded_whatever_the_job(dead_letters: DeadLetters) -> None:
     job = {"job_id": "a", "task": "caption", "images": ["s3://in/a.jpg"], "x": "y" * 100_000}
-    deliveries.dead_letter("a", code="invalid_job", message="m" * 100_000, attempts=1, job=job)
-    letter = deliveries.get("a")
+    dead_letters.dead_letter("a", code="invalid_job", message="m" * 100_000, attempts=1, job=job)
+    letter = dead_letters.get("a")
     assert letter is not None and len(letter.message) == 2000
     assert letter.job is not None and letter.job["truncated"] is True
     assert letter.job["images"] == ["s3://in/a.jpg"]

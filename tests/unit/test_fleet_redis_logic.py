@@ -10,6 +10,7 @@ import pytest
 
 from tasks.errors import ModelRateLimited
 from worker.fleet.answer_store import RedisAnswerStore
+from worker.fleet.dead_letters import RedisDeadLetters
 from worker.fleet.deliveries import RedisDeliveries
 from worker.fleet.job_locks import RedisJobLocks
 from worker.fleet.ratelimit import RedisRateLimiter
@@ -72,7 +73,7 @@ def test_deliveries_are_counted_per_attempt() -> None:
 
 
 def test_dead_letters_are_indexed_newest_first_and_removable() -> None:
-    deliveries = RedisDeliveries(fakeredis.FakeRedis())
+    deliveries = RedisDeadLetters(fakeredis.FakeRedis())
     deliveries.dead_letter(
         "a", code="invalid_image", message="bad", attempts=1, job={"job_id": "a", "task": "caption"}
     )
@@ -105,7 +106,7 @@ def test_a_paid_answer_is_only_handed_to_the_job_that_paid_for_it() -> None:
 
 
 def test_dead_letter_keeps_its_record_until_it_is_written() -> None:
-    deliveries = RedisDeliveries(fakeredis.FakeRedis())
+    deliveries = RedisDeadLetters(fakeredis.FakeRedis())
     deliveries.dead_letter(
         "a",
         code="internal",
@@ -126,7 +127,7 @@ def test_dead_letter_keeps_its_record_until_it_is_written() -> None:
 
 def test_a_huge_job_is_kept_as_a_bounded_summary() -> None:
     client = fakeredis.FakeRedis()
-    deliveries = RedisDeliveries(client)
+    deliveries = RedisDeadLetters(client)
     job = {
         "job_id": "a",
         "task": "caption",
@@ -154,7 +155,7 @@ def test_claims_refuse_another_job_under_a_used_id() -> None:
     assert not other.ours and other.holder_folder == "s3://r/v/j"
     assert client.ttl("gvw:claim:j") > 0
     # a failure whose record waits in the dead-letter index is seen by the same job only
-    RedisDeliveries(client).dead_letter(
+    RedisDeadLetters(client).dead_letter(
         "j", code="internal", message="m", attempts=1, job={}, fingerprint="fp-1", record=b"{}"
     )
     assert claims.claim("j", "fp-1", "s3://r/v/j").pending_record

@@ -902,7 +902,7 @@ def _cmd_dead_letters(args: argparse.Namespace) -> int:
         return EXIT_OK
     failures = 0
     for job_id in args.job_ids:
-        found = ports.deliveries.get(job_id)
+        found = ports.dead_letters.get(job_id)
         if found is None and ports.refusals.of_job(job_id):
             _fail(
                 f"{job_id}: the refused job reused the id of another job; send it again "
@@ -922,7 +922,7 @@ def _cmd_dead_letters(args: argparse.Namespace) -> int:
         output = found.job.get("output") if isinstance(found.job.get("output"), str) else None
         ports.stores.delete(error_uri(job_id, output, settings))
         ports.deliveries.forget(job_id)
-        ports.deliveries.remove(job_id)
+        ports.dead_letters.remove(job_id)
         send_job({**found.job, "job_id": job_id})
         print(f"{job_id}: re-enqueued")
     return EXIT_FAILED if failures else EXIT_OK
@@ -933,7 +933,7 @@ def _dead_letter_rows(ports: Any, limit: int) -> list[dict[str, Any]]:
     from worker.contract.records import ErrorRecord
 
     rows: list[tuple[float, dict[str, Any]]] = []
-    for letter in ports.deliveries.dead_letters(limit=limit):
+    for letter in ports.dead_letters.dead_letters(limit=limit):
         rows.append(
             (
                 letter.when,

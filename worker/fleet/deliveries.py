@@ -1,97 +1,50 @@
-"""Delivery accounting and the dead-letter index, in Redis.
+"""Delivery accounting, in Redis: how often a job's attempt was delivered, waited, or
+ran past its time limit.
 
 With `task_reject_on_worker_lost`, a job whose run kills its worker (out of memory, a
 segfault in a decoder) comes back forever. Each delivery of a job's attempt is counted
-here; past `max_deliveries` the job is dead-lettered instead of run again. Celery's own
-retries are separate attempts with their own count (`request.retries` is in the key).
-
-Redis has no dead-letter queue: a rejected message is gone. Dead letters are the job's
-error.json plus an entry here, which is what `gvw dead-letters list | replay` reads.
-
-The entry is written *before* error.json: a job that failed for good while storage is
-down still leaves a trace, and its record waits here (``recorded`` = 0, ``record``) until
-a later delivery writes it (`worker.fleet.job_claims` tells that delivery so). Every field is
-bounded (`worker.contract.records`): the job is kept as a summary of at most 16 KB.
+here; past `max_deliveries` the job is dead-lettered (`worker.fleet.dead_letters`)
+instead of run again. Celery's own retries are separate attempts with their own count
+(`request.retries` is in the key).
 
     gvw:deliveries:{job_id}:{retries}   delivery count of one attempt (expires)
     gvw:deliveries:{job_id}:-1          times the job waited (went back to the queue
                                         without failing): not counted against retries
-    gvw:dead_letters                    zset job_id -> when (epoch s)
-    gvw:dead_letter:{job_id}            hash: code, message, attempts, when, job (JSON
-                                        summary), fingerprint, recorded (0/1), and
-                                        record (error.json's bytes) while recorded = 0
+    gvw:deliveries:{job_id}:timeouts:0  times the job was killed at its hard time limit
 """
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Protocol
 
 import redis
 
-from worker.contract.records import summarize_job
-
-_INDEX = "gvw:dead_letters"
-_DEAD_LETTER_TTL_S = 30 * 24 * 3600
-_MESSAGE_MAX_CHARS = 2000
 # the "retries" slot of the waits counter: no attempt has this number
 _WAITS = -1
 
 
-def dead_letter_key(job_id: str) -> str:
-    return f"gvw:dead_letter:{job_id}"
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    job_id: str
-    code: str
-    message: str
-    attempts: int
-    when: float
-    job: dict[str, Any] | None
-    fingerprint: str = ""
-    recorded: bool = True
-
-
 class Deliveries(Protocol):
-    def count(self, job_id: str, retries: int) -> int: ...
+    def count(self, job_id: str, retries: int) -> int:
+        """One more delivery of the job's attempt ``retries``; the total so far."""
+        ...
+
+    def clear(self, job_id: str, retries: int) -> None:
+        """The attempt ended in this worker's hands: its deliveries start again at 0."""
+        ...
+
     def count_wait(self, job_id: str) -> int:
         """One more time the job went back to the queue without failing (another worker
         held it, the fleet's rate or budget had no room); the total so far."""
         ...
 
     def waits(self, job_id: str) -> int: ...
-    def forget(self, job_id: str) -> None: ...
-    def clear(self, job_id: str, retries: int) -> None: ...
-    def dead_letter(
-        self,
-        job_id: str,
-        *,
-        code: str,
-        message: str,
-        attempts: int,
-        job: Any,
-        fingerprint: str = "",
-        record: bytes = b"",
-    ) -> None:
-        """Index a job that failed for good, its record not yet written (``recorded`` 0)."""
+    def count_timeout(self, job_id: str) -> int:
+        """One more time the job's run was killed at the hard time limit; the total."""
         ...
 
-    def mark_recorded(self, job_id: str) -> None:
-        """The job's error.json is written: the index no longer holds the record."""
+    def forget(self, job_id: str) -> None:
+        """Every count of the job (a dead letter replayed starts afresh)."""
         ...
-
-    def pending_record(self, job_id: str) -> bytes | None:
-        """The error record still to be written, if any."""
-        ...
-
-    def dead_letters(self, limit: int = 100) -> Iterator[DeadLetter]: ...
-    def get(self, job_id: str) -> DeadLetter | None: ...
-    def remove(self, job_id: str) -> None: ...
 
 
 class RedisDeliveries:
@@ -100,12 +53,7 @@ class RedisDeliveries:
         self._ttl_s = ttl_s
 
     def count(self, job_id: str, retries: int) -> int:
-        key = f"gvw:deliveries:{job_id}:{retries}"
-        pipe = self._redis.pipeline()
-        pipe.incr(key)
-        pipe.expire(key, self._ttl_s)
-        value, _ = pipe.execute()
-        return int(value)
+        return self._incr(f"gvw:deliveries:{job_id}:{retries}")
 
     def clear(self, job_id: str, retries: int) -> None:
         self._redis.delete(f"gvw:deliveries:{job_id}:{retries}")
@@ -116,96 +64,31 @@ class RedisDeliveries:
     def waits(self, job_id: str) -> int:
         return int(self._redis.get(f"gvw:deliveries:{job_id}:{_WAITS}") or 0)  # type: ignore[arg-type]
 
+    def count_timeout(self, job_id: str) -> int:
+        # the key of the counter this was before it had a name of its own
+        return self._incr(f"gvw:deliveries:{job_id}:timeouts:0")
+
     def forget(self, job_id: str) -> None:
         keys = list(self._redis.scan_iter(match=f"gvw:deliveries:{job_id}:*", count=100))
         if keys:
             self._redis.delete(*keys)
 
-    def dead_letter(
-        self,
-        job_id: str,
-        *,
-        code: str,
-        message: str,
-        attempts: int,
-        job: Any,
-        fingerprint: str = "",
-        record: bytes = b"",
-    ) -> None:
-        now = time.time()
-        fields: dict[str | bytes, str | bytes] = {
-            "code": code,
-            "message": message[:_MESSAGE_MAX_CHARS],
-            "attempts": str(attempts),
-            "when": str(now),
-            "job": json.dumps(summarize_job(job), ensure_ascii=False) if job is not None else "",
-            "fingerprint": fingerprint,
-            "recorded": "0",
-            "record": record,
-        }
-        key = dead_letter_key(job_id)
+    def _incr(self, key: str) -> int:
         pipe = self._redis.pipeline()
-        pipe.hset(key, mapping=fields)
-        pipe.expire(key, _DEAD_LETTER_TTL_S)
-        pipe.zadd(_INDEX, {job_id: now})
-        pipe.execute()
-
-    def mark_recorded(self, job_id: str) -> None:
-        key = dead_letter_key(job_id)
-        pipe = self._redis.pipeline()
-        pipe.hset(key, "recorded", "1")
-        pipe.hdel(key, "record")
-        pipe.execute()
-
-    def pending_record(self, job_id: str) -> bytes | None:
-        recorded, record = self._redis.hmget(dead_letter_key(job_id), ["recorded", "record"])
-        if recorded != b"0" or not record:
-            return None
-        return bytes(record)  # type: ignore[arg-type]
-
-    def dead_letters(self, limit: int = 100) -> Iterator[DeadLetter]:
-        for raw_id in self._redis.zrevrange(_INDEX, 0, max(0, limit - 1)):
-            job_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
-            letter = self.get(job_id)
-            if letter is not None:
-                yield letter
-
-    def get(self, job_id: str) -> DeadLetter | None:
-        wanted = ["code", "message", "attempts", "when", "job", "fingerprint", "recorded"]
-        values = self._redis.hmget(dead_letter_key(job_id), wanted)
-        if all(v is None for v in values):
-            return None
-        fields = {k: v.decode() for k, v in zip(wanted, values, strict=True) if v is not None}  # type: ignore[union-attr]
-        return DeadLetter(
-            job_id=job_id,
-            code=fields.get("code", ""),
-            message=fields.get("message", ""),
-            attempts=int(fields.get("attempts", "0")),
-            when=float(fields.get("when", "0")),
-            job=json.loads(fields["job"]) if fields.get("job") else None,
-            fingerprint=fields.get("fingerprint", ""),
-            recorded=fields.get("recorded", "1") != "0",
-        )
-
-    def remove(self, job_id: str) -> None:
-        pipe = self._redis.pipeline()
-        pipe.zrem(_INDEX, job_id)
-        pipe.delete(dead_letter_key(job_id))
-        pipe.execute()
+        pipe.incr(key)
+        pipe.expire(key, self._ttl_s)
+        value, _ = pipe.execute()
+        return int(value)
 
 
 class LocalDeliveries:
     """In memory, for `gvw demo` and single processes without Redis."""
 
     def __init__(self) -> None:
-        self._counts: dict[tuple[str, int], int] = {}
-        self._letters: dict[str, DeadLetter] = {}
-        self._records: dict[str, bytes] = {}
+        self._counts: dict[tuple[str, int | str], int] = {}
 
     def count(self, job_id: str, retries: int) -> int:
-        key = (job_id, retries)
-        self._counts[key] = self._counts.get(key, 0) + 1
-        return self._counts[key]
+        return self._incr((job_id, retries))
 
     def clear(self, job_id: str, retries: int) -> None:
         self._counts.pop((job_id, retries), None)
@@ -216,52 +99,13 @@ class LocalDeliveries:
     def waits(self, job_id: str) -> int:
         return self._counts.get((job_id, _WAITS), 0)
 
+    def count_timeout(self, job_id: str) -> int:
+        return self._incr((job_id, "timeouts"))
+
     def forget(self, job_id: str) -> None:
         for key in [k for k in self._counts if k[0] == job_id]:
             del self._counts[key]
 
-    def dead_letter(
-        self,
-        job_id: str,
-        *,
-        code: str,
-        message: str,
-        attempts: int,
-        job: Any,
-        fingerprint: str = "",
-        record: bytes = b"",
-    ) -> None:
-        summary = summarize_job(job)
-        self._letters[job_id] = DeadLetter(
-            job_id,
-            code,
-            message[:_MESSAGE_MAX_CHARS],
-            attempts,
-            time.time(),
-            summary if isinstance(summary, dict) else None,
-            fingerprint,
-            recorded=False,
-        )
-        self._records[job_id] = record
-
-    def mark_recorded(self, job_id: str) -> None:
-        letter = self._letters.get(job_id)
-        if letter is not None:
-            self._letters[job_id] = replace(letter, recorded=True)
-        self._records.pop(job_id, None)
-
-    def pending_record(self, job_id: str) -> bytes | None:
-        letter = self._letters.get(job_id)
-        if letter is None or letter.recorded:
-            return None
-        return self._records.get(job_id) or None
-
-    def dead_letters(self, limit: int = 100) -> Iterator[DeadLetter]:
-        yield from sorted(self._letters.values(), key=lambda d: -d.when)[:limit]
-
-    def get(self, job_id: str) -> DeadLetter | None:
-        return self._letters.get(job_id)
-
-    def remove(self, job_id: str) -> None:
-        self._letters.pop(job_id, None)
-        self._records.pop(job_id, None)
+    def _incr(self, key: tuple[str, int | str]) -> int:
+        self._counts[key] = self._counts.get(key, 0) + 1
+        return self._counts[key]

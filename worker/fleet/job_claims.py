@@ -30,7 +30,7 @@ from typing import Protocol
 
 import redis
 
-from worker.fleet.deliveries import dead_letter_key
+from worker.fleet.dead_letters import dead_letter_key
 
 _CLAIM_LUA = """
 redis.call('set', KEYS[3], redis.call('time')[1])

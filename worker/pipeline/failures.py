@@ -63,7 +63,7 @@ def publish_error(
     if isinstance(error, JobIdConflict):
         return _refuse_reused_id(ports, job_id, folder, error, record)
     # the dead-letter index: what `gvw dead-letters list | replay` reads, written first
-    ports.deliveries.dead_letter(
+    ports.dead_letters.dead_letter(
         job_id,
         code=error.code,
         message=error.message,
@@ -83,7 +83,7 @@ def publish_error(
 def publish_pending_record(ports: Ports, job_id: str, folder: str) -> Outcome:
     """Write the error record a failed job left in the dead-letter index (storage was
     down when it failed); the job itself is not run again."""
-    data = ports.deliveries.pending_record(job_id)
+    data = ports.dead_letters.pending_record(job_id)
     if data is None:  # written meanwhile by another delivery
         return Outcome(
             job_id=job_id,
@@ -105,7 +105,7 @@ def _write_error_record(
     try:
         done = finished(ports.stores, job_id, folder, fingerprint)
         if done is not None:
-            ports.deliveries.mark_recorded(job_id)
+            ports.dead_letters.mark_recorded(job_id)
             return done
         ports.stores.create_exclusive(uri, data, content_type=JSON_TYPE)
     except RetryableError as err:
@@ -124,7 +124,7 @@ def _write_error_record(
         )
         DEAD_LETTERS.labels(code).inc()
         return Outcome(job_id=job_id, status="failed", record_uri="")
-    ports.deliveries.mark_recorded(job_id)
+    ports.dead_letters.mark_recorded(job_id)
     DEAD_LETTERS.labels(code).inc()
     return Outcome(job_id=job_id, status="failed", record_uri=uri)
 

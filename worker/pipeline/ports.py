@@ -17,6 +17,7 @@ from worker.fleet.answer_cache import AnswerCache
 from worker.fleet.answer_store import AnswerStore
 from worker.fleet.batch_store import Batches
 from worker.fleet.budget import Budget
+from worker.fleet.dead_letters import DeadLetters
 from worker.fleet.deliveries import Deliveries
 from worker.fleet.file_cache import FileCache
 from worker.fleet.job_claims import JobClaims
@@ -55,6 +56,7 @@ class Ports:
     files: FileCache
     limiter: RateLimiter
     deliveries: Deliveries
+    dead_letters: DeadLetters
     answers: AnswerStore
     claims: JobClaims
     prices: PriceTable

@@ -360,7 +360,7 @@ class VisionClient:
         trip; None when GVW_REDIS_URL does not answer (the caller then knows less)."""
         import redis
 
-        from worker.fleet.deliveries import dead_letter_key
+        from worker.fleet.dead_letters import dead_letter_key
         from worker.fleet.job_claims import TAKEN_AT_KEY, claim_key
         from worker.fleet.refusals import refused_key
 

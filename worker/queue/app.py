@@ -271,7 +271,7 @@ class AnalyzeTask(Task):
         except InvalidJob:
             return  # an invalid job never runs long enough to time out
         ports = runtime.get_ports()
-        timeouts = ports.deliveries.count(f"{parsed.job_id}:timeouts", 0)
+        timeouts = ports.deliveries.count_timeout(parsed.job_id)
         if timeouts < ports.settings.gvw_max_deliveries:
             log.warning(
                 "attempt killed at the hard time limit, sending the job again",
