@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from worker.fleet.file_cache import CachedFile, FileCache
-from worker.gemini.port import Gemini
+from worker.gemini.port import FilesApi
 from worker.gemini.records import RemoteFile
 
 DISPLAY_PREFIX = "gvw-"
@@ -28,7 +28,9 @@ def cached_files(cache: FileCache) -> list[CachedFile]:
     return sorted(cache.entries(), key=lambda e: e.expires_at)
 
 
-def purge(gemini: Gemini, cache: FileCache, *, expired_only: bool, margin_s: float) -> PurgeReport:
+def purge(
+    gemini: FilesApi, cache: FileCache, *, expired_only: bool, margin_s: float
+) -> PurgeReport:
     """Delete this project's uploads from Gemini (and their cache entries).
 
     `expired_only`: only files the cache no longer hands out, those within `margin_s` of
@@ -56,7 +58,7 @@ def purge(gemini: Gemini, cache: FileCache, *, expired_only: bool, margin_s: flo
     return PurgeReport(deleted=deleted, kept=kept, failed=failed)
 
 
-def _our_files(gemini: Gemini) -> Iterator[RemoteFile]:
+def _our_files(gemini: FilesApi) -> Iterator[RemoteFile]:
     for file in gemini.list_files():
         if file.display_name.startswith(DISPLAY_PREFIX):
             yield file

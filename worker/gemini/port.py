@@ -16,8 +16,8 @@ from worker.gemini.records import (
 )
 
 
-class Gemini(Protocol):
-    """The model and its File API (`worker.gemini.GeminiGateway`)."""
+class ModelApi(Protocol):
+    """Asking the model: what a job's answer comes from."""
 
     def generate(
         self,
@@ -27,6 +27,13 @@ class Gemini(Protocol):
         request: ModelRequest,
         options: GenerationOptions,
     ) -> ModelAnswer: ...
+    def warm_up(self) -> None: ...
+
+
+class FilesApi(Protocol):
+    """The File API: uploads a request names by URI (`worker.pipeline.request_images`,
+    `gvw files`)."""
+
     def upload_file(self, data: bytes, *, mime_type: str, display_name: str) -> RemoteFile: ...
     def get_file(self, name: str) -> RemoteFile: ...
     def delete_file(self, name: str) -> None: ...
@@ -34,7 +41,11 @@ class Gemini(Protocol):
     def wait_until_active(
         self, file: RemoteFile, *, timeout_s: float, first_pause_s: float = 0.2
     ) -> RemoteFile: ...
-    def warm_up(self) -> None: ...
+
+
+class BatchApi(Protocol):
+    """The Batch API: a parked request's wire form, and the batches the follower runs."""
+
     def batch_request(
         self,
         *,
@@ -56,3 +67,8 @@ class Gemini(Protocol):
     def find_batch(self, display_name: str, *, max_pages: int = 10) -> RemoteBatch | None: ...
     def cancel_batch(self, name: str) -> None: ...
     def batch_answers(self, name: str) -> dict[str, ModelAnswer | GvwError]: ...
+
+
+class Gemini(ModelApi, FilesApi, BatchApi, Protocol):
+    """All three (`worker.gemini.GeminiGateway`): what the composition root holds; each
+    user is typed by the role it needs."""

@@ -24,8 +24,8 @@ from tasks.masks import BoxMask
 from tasks.rle import encode_box_mask_rle
 from worker.contract.jobs import Job
 from worker.images.prepare import PreparedImage
-from worker.pipeline.ports import Stores
 from worker.storage import join_uri
+from worker.storage.port import Stores
 
 # Distinct, colour-blind-friendly-ish hues (Okabe-Ito order), cycled per object.
 _PALETTE: tuple[tuple[int, int, int], ...] = (

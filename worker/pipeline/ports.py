@@ -3,14 +3,14 @@
 `Ports` is built once per process by the composition root (`worker.runtime`), with Redis
 and S3 adapters in a worker and in-memory and local ones in `gvw demo`, the in-process
 benchmarks and the pipeline's fast tests. The pipeline sees each port through the
-Protocol below (and `worker.gemini.port.Gemini`), never through an adapter's own class.
+Protocol its room defines (`worker.storage.port.Stores`, `worker.gemini.port.Gemini`, the
+fleet's ports in `worker/fleet/`), never through an adapter's own class.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from tasks.pricing import PriceTable
 from worker.fleet.answer_cache import AnswerCache
@@ -27,22 +27,7 @@ from worker.fleet.refusals import LocalRefusals, Refusals
 from worker.gemini.port import Gemini
 from worker.pipeline.request_images import ImageSender
 from worker.settings import Settings
-from worker.storage.port import ObjectHead, ObjectInfo
-
-
-class Stores(Protocol):
-    """Bytes by URI for every scheme a job may name (`worker.storage.StoreRouter`)."""
-
-    def get_bytes(self, uri: str, *, max_bytes: int) -> bytes: ...
-    def put_bytes(self, uri: str, data: bytes, *, content_type: str) -> None: ...
-    def create_exclusive(self, uri: str, data: bytes, *, content_type: str) -> bool: ...
-    def exists(self, uri: str) -> bool: ...
-    def exists_each(self, uris: Sequence[str]) -> list[bool]: ...
-    def delete(self, uri: str) -> None: ...
-    def list_objects(self, uri_prefix: str) -> Iterator[ObjectInfo]: ...
-    def read_head(self, uri: str, *, max_bytes: int) -> ObjectHead: ...
-    def presign_get(self, uri: str, *, ttl_s: int, version_id: str | None) -> str | None: ...
-    def connect_s3(self) -> None: ...
+from worker.storage.port import Stores
 
 
 @dataclass

@@ -7,8 +7,8 @@ from typing import Final
 from tasks.errors import JobIdConflict
 from worker.contract.layout import ERROR_NAME, RESULT_NAME
 from worker.contract.records import Outcome, read_record
-from worker.pipeline.ports import Stores
 from worker.storage import join_uri
+from worker.storage.port import Stores
 
 JSON_TYPE: Final = "application/json"
 # A record is read back only to see whose it is (its fingerprint); none is near this.

@@ -17,7 +17,7 @@ from functools import partial
 from tasks.errors import StorageUnavailable, TooLarge
 from tasks.transport_plan import InlinePlanner, Transport, TransportMode
 from worker.fleet.file_cache import CachedFile, FileCache
-from worker.gemini.port import Gemini
+from worker.gemini.port import FilesApi
 from worker.gemini.records import ImagePart, RemoteFile
 from worker.images.prepare import PreparedImage
 from worker.observability import FILE_EVENTS
@@ -38,7 +38,7 @@ class ImageSender:
 
     def __init__(
         self,
-        gemini: Gemini,
+        gemini: FilesApi,
         cache: FileCache,
         *,
         inline_max_bytes: int,

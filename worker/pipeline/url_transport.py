@@ -24,9 +24,9 @@ from worker.gemini.records import ImagePart
 from worker.images.prepare import ImageFacts, read_header
 from worker.images.sniff import MIME_BY_FORMAT
 from worker.observability import URL_FALLBACKS
-from worker.pipeline.ports import Stores
 from worker.settings import Settings
 from worker.storage import S3_SCHEME
+from worker.storage.port import Stores
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,10 @@
 """Where bytes come from and where results go: the `ObjectStore` port and its adapters.
 
     port.py    ObjectStore (Protocol)  head_size, get_bytes, put_bytes, create_exclusive,
-                                       exists, delete, list_prefix, list_objects
+                                       exists, delete, list_prefix, list_objects,
+                                       read_head, presign_get
+               Stores (Protocol)       an ObjectStore for every scheme (the router): the
+                                       job's flow's port; exists_each, connect_s3
     s3.py      S3Store                 s3://bucket/key, boto3 (AWS_ENDPOINT_URL_S3)
     local.py   LocalStore              file:///abs/path and file://./relative/path
     router.py  StoreRouter             picks one of the above by the URI's scheme

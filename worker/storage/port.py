@@ -7,7 +7,7 @@ scheme. Every method raises only errors of `tasks.errors`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -78,6 +78,19 @@ class ObjectStore(Protocol):
     def presign_get(self, uri: str, *, ttl_s: int, version_id: str | None) -> str | None:
         """A URL anyone holding it can GET the object with for ``ttl_s`` seconds (pinned
         to ``version_id`` when given), or None when the store has no such URLs."""
+        ...
+
+
+class Stores(ObjectStore, Protocol):
+    """An `ObjectStore` for every scheme a job may name (`StoreRouter`): what the job's
+    flow sees. Beyond one store: many lookups at once, and the S3 client built early."""
+
+    def exists_each(self, uris: Sequence[str]) -> list[bool]:
+        """`exists` of every URI, in order (S3 lookups concurrently)."""
+        ...
+
+    def connect_s3(self) -> None:
+        """Build the S3 client now, not on the first ``s3://`` URI a job names."""
         ...
 
 
