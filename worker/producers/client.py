@@ -197,26 +197,29 @@ class VisionClient:
         """result.json, or error.json for a failed job, as stored; None while there is
         neither. `JobIdConflict` (invalid_job) when the record is another job's: one this
         client sent under the id, or ``job``, differs from it."""
-        sent = self._sent_job(job_id, job)
-        output = self._folder_of(output, sent)
-        found = self._stored(job_id, output)
-        if found is None:
-            return None
-        self._check_owner(job_id, found, sent, output)
-        return dict(json.loads(found[1]))
+        found = self._owned_record(job_id, output, job)
+        return dict(json.loads(found)) if found is not None else None
 
     def record(
         self, job_id: str, *, output: str | None = None, job: dict[str, Any] | None = None
     ) -> ResultRecord | ErrorRecord | None:
         """The job's record, typed (`ResultRecord` or `ErrorRecord`); None while there is
         neither."""
+        found = self._owned_record(job_id, output, job)
+        return read_record(found) if found is not None else None
+
+    def _owned_record(
+        self, job_id: str, output: str | None, job: dict[str, Any] | None
+    ) -> bytes | None:
+        """The record's bytes as stored, once they are the job's own (`JobIdConflict`
+        when another job's); None while there is none."""
         sent = self._sent_job(job_id, job)
         output = self._folder_of(output, sent)
         found = self._stored(job_id, output)
         if found is None:
             return None
         self._check_owner(job_id, found, sent, output)
-        return read_record(found[1])
+        return found[1]
 
     def _stored(self, job_id: str, output: str | None) -> tuple[str, bytes] | None:
         for uri in (
