@@ -161,6 +161,8 @@ def test_a_rerun_after_an_interruption_sends_only_what_is_missing(
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", stack.env["AWS_ENDPOINT_URL_S3"])
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
         monkeypatch.setenv(name, stack.env[name])
+    # what other tests of the session left queued there is not this run's
+    stack.redis.client(db=7).delete("vision")
     template = {"task": "caption"}
     uri_prefix = f"s3://inbox/{prefix}/"
     sent = RedisSentLog(stack.redis.client(db=1), run_key(uri_prefix, template), ttl_s=3600)

@@ -126,6 +126,7 @@ def test_status_tells_a_queued_job_from_an_unknown_one(stack: Stack, tmp_path: P
     env_no_backend = {**env, "CELERY_RESULT_BACKEND": "redis://127.0.0.1:1/0"}
     again = gvw("submit", "caption", "s3://inbox/a.png", env=env_no_backend)
     assert again.returncode == 0, again.stderr
+    stack.redis.client(db=7).delete("vision")  # the session's other tests use that database
 
 
 @pytest.mark.parametrize(
