@@ -68,8 +68,8 @@ def test_hand_written_mask_pngs_decode_to_the_full_mask(
     import numpy as np
     from PIL import Image
 
+    from tasks.mask_png import encode_mask_png
     from tasks.masks import BoxMask
-    from worker.pipeline.artifacts import encode_mask_png
 
     x0, y0, x1, y1 = box
     rng = np.random.default_rng(sum(box))
