@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -29,10 +31,43 @@ import redis
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+# Ports for the servers the tests start are taken from a block of this process's own,
+# below Linux's ephemeral range (32768-60999, where the kernel picks the port of every
+# outgoing connection and of every bind to port 0): no connection of the suite's, and no
+# other process of the same run (pytest-xdist workers gw0, gw1, ... each have a block), can
+# take a port between the moment it is chosen and the moment its server binds it, or while
+# a restarted server is down. Within a block ports go round in order, so a port is not
+# handed out again until the whole block has been.
+_PORT_BLOCKS_START = 20_000
+_PORT_BLOCK_SIZE = 500
+_PORT_BLOCKS = 24  # 20000-31999
+_port_lock = threading.Lock()
+_port_cursor: list[int] = []
+
+
+def _port_block() -> int:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ... under xdist
+    index = int(worker[2:]) if worker[2:].isdigit() else os.getpid()
+    return _PORT_BLOCKS_START + (index % _PORT_BLOCKS) * _PORT_BLOCK_SIZE
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port no server is bound to, from this process's own block."""
+    with _port_lock:
+        block = _port_block()
+        if not _port_cursor:
+            # a random start: two runs at once on one machine rarely walk the same ports
+            _port_cursor.append(random.randrange(_PORT_BLOCK_SIZE))
+        for _ in range(_PORT_BLOCK_SIZE):
+            port = block + _port_cursor[0] % _PORT_BLOCK_SIZE
+            _port_cursor[0] += 1
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError(f"no free port in {block}-{block + _PORT_BLOCK_SIZE - 1}")
 
 
 def wait_until(
@@ -224,6 +259,62 @@ def worker_env(
     return env
 
 
+def spawn_worker(
+    env: Mapping[str, str],
+    log_dir: Path,
+    *,
+    name: str = "w1",
+    pool: str = "threads",
+    concurrency: int = 4,
+) -> CeleryWorker:
+    """A `celery worker` process started, not yet known to be ready (`wait_ready`)."""
+    log_path = log_dir / f"worker-{name}.log"
+    with log_path.open("w") as handle:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker",
+                "worker",
+                "-Q",
+                "vision",
+                "--pool",
+                pool,
+                "--concurrency",
+                str(concurrency),
+                "--hostname",
+                f"{name}@%h",
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            cwd=REPO_ROOT,
+            env=dict(env),
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+    return CeleryWorker(name, proc, log_path)
+
+
+def wait_ready(worker: CeleryWorker, timeout_s: float = 60) -> CeleryWorker:
+    """Wait until the worker says it is ready (raises if it exits first)."""
+    wait_until(
+        lambda: " ready." in worker.log() or worker.proc.poll() is not None,
+        timeout_s=timeout_s,
+        what=f"celery worker {worker.name}",
+        interval_s=0.1,
+    )
+    if worker.proc.poll() is not None:
+        raise RuntimeError(f"worker {worker.name} exited early:\n{worker.log()[-4000:]}")
+    return worker
+
+
 def start_worker(
     env: Mapping[str, str],
     log_dir: Path,
@@ -232,50 +323,28 @@ def start_worker(
     pool: str = "threads",
     concurrency: int = 4,
 ) -> CeleryWorker:
-    log_path = log_dir / f"worker-{name}.log"
-    handle = log_path.open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker",
-            "worker",
-            "-Q",
-            "vision",
-            "--pool",
-            pool,
-            "--concurrency",
-            str(concurrency),
-            "--hostname",
-            f"{name}@%h",
-            "--loglevel",
-            "INFO",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ],
-        cwd=REPO_ROOT,
-        env=dict(env),
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    worker = CeleryWorker(name, proc, log_path)
+    worker = spawn_worker(env, log_dir, name=name, pool=pool, concurrency=concurrency)
     try:
-        wait_until(
-            lambda: " ready." in worker.log() or proc.poll() is not None,
-            timeout_s=60,
-            what=f"celery worker {name}",
-            interval_s=0.1,
-        )
-    finally:
-        handle.close()
-    if proc.poll() is not None:
-        raise RuntimeError(f"worker {name} exited early:\n{worker.log()[-4000:]}")
-    return worker
+        return wait_ready(worker)
+    except BaseException:
+        worker.kill()
+        raise
+
+
+def stop_workers(workers: list[CeleryWorker], sig: int = signal.SIGTERM) -> None:
+    """`CeleryWorker.stop` for several workers at once: each is signalled once, then each
+    is waited for (20 s, then SIGKILL), so their shutdowns overlap."""
+    running = [worker for worker in workers if worker.proc.poll() is None]
+    for worker in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.proc.pid, sig)
+    for worker in running:
+        try:
+            worker.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.proc.pid, signal.SIGKILL)
+            worker.proc.wait(timeout=20)
 
 
 # --- reading results from S3 -----------------------------------------------------------------
@@ -292,18 +361,38 @@ def read_json(s3: Any, bucket: str, key: str) -> dict[str, Any] | None:
 def wait_for_record(
     s3: Any, job_id: str, *, bucket: str = "results", prefix: str = "vision", timeout_s: float = 60
 ) -> dict[str, Any]:
+    """The job's result.json, or its error.json, once one is there (within `timeout_s`).
+
+    Each look is one listing of the job's folder (its artifacts folded into one common
+    prefix), and a read only once a record is listed; looks come every 0.1 s for the first
+    2 s, then every 0.25 s, then (after 10 s) every 0.5 s. A record is seen within half a
+    second, and a test waiting a minute does not keep the S3 server busy meanwhile."""
+    folder = f"{prefix}/{job_id}/"
     found: dict[str, Any] = {}
 
     def done() -> bool:
+        listed = s3.list_objects_v2(Bucket=bucket, Prefix=folder, Delimiter="/")
+        names = {item["Key"].removeprefix(folder) for item in listed.get("Contents", [])}
         for name in ("result.json", "error.json"):
-            record = read_json(s3, bucket, f"{prefix}/{job_id}/{name}")
-            if record is not None:
-                found.update(record)
-                return True
+            if name in names:
+                record = read_json(s3, bucket, folder + name)
+                if record is not None:
+                    found.update(record)
+                    return True
         return False
 
-    wait_until(done, timeout_s=timeout_s, what=f"a record for {job_id}", interval_s=0.2)
-    return found
+    started = time.monotonic()
+    deadline = started + timeout_s
+    while True:
+        with contextlib.suppress(Exception):
+            if done():
+                return found
+        now = time.monotonic()
+        if now >= deadline:
+            raise TimeoutError(f"timed out after {timeout_s} s waiting for a record for {job_id}")
+        waited_s = now - started
+        interval_s = 0.1 if waited_s < 2 else 0.25 if waited_s < 10 else 0.5
+        time.sleep(min(interval_s, deadline - now))
 
 
 def list_job_keys(
@@ -316,12 +405,48 @@ def list_job_keys(
     return keys
 
 
+def reset_moto(moto: MotoServer) -> None:
+    """Empty a moto server, as a new one is: every bucket and object (and whatever else
+    its services hold) gone. moto's own reset endpoint, then a check that it worked."""
+    request = urllib.request.Request(f"{moto.endpoint}/moto-api/reset", method="POST")
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        reply.read()
+    left = moto.s3().list_buckets()["Buckets"]
+    if left:
+        raise RuntimeError(f"moto still has buckets after a reset: {left}")
+
+
+class SharedMoto:
+    """One moto S3 server for the tests of a process that each want a fresh one: `take()`
+    empties it first (`reset_moto`). The tests of one process run one after another, and a
+    stack stops every process it started before its test ends, so nothing of one test
+    reaches the next one's S3. Started on first use; a server that died is replaced."""
+
+    def __init__(self) -> None:
+        self._server: MotoServer | None = None
+
+    def take(self) -> MotoServer:
+        if self._server is None or self._server.proc.poll() is not None:
+            self._server = start_moto()
+        reset_moto(self._server)
+        return self._server
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+
 @contextlib.contextmanager
 def services(
-    tmp_dir: Path, *, redis_appendonly: bool = False
+    tmp_dir: Path, *, redis_appendonly: bool = False, shared_moto: SharedMoto | None = None
 ) -> Iterator[tuple[RedisServer, MotoServer]]:
+    """redis-server of its own, and moto's S3 server: its own, or `shared_moto` emptied."""
     redis_server = start_redis(tmp_dir, appendonly=redis_appendonly)
     try:
+        if shared_moto is not None:
+            yield redis_server, shared_moto.take()
+            return
         moto = start_moto()
         try:
             yield redis_server, moto
@@ -334,6 +459,32 @@ def services(
 # --- the whole stack: redis, S3, emulator, one worker ----------------------------------------
 
 
+class CallsInFlight:
+    """Counts the emulator's model calls under way: begun, not yet answered (its request
+    log and `generate_calls` see a call only once it is answered, after its latency)."""
+
+    def __init__(self, emulator: Any) -> None:
+        service = emulator.service
+        generate = service.generate
+        self._lock = threading.Lock()
+        self._count = 0
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                self._count += 1
+            try:
+                return generate(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self._count -= 1
+
+        service.generate = counted  # the emulator's handlers and batches call it by name
+
+    def __call__(self) -> int:
+        with self._lock:
+            return self._count
+
+
 @dataclass
 class Stack:
     redis: RedisServer
@@ -343,6 +494,7 @@ class Stack:
     env: dict[str, str]
     producer: Any  # celery.Celery
     s3: Any
+    calls_in_flight: Callable[[], int] = lambda: 0
 
     @property
     def worker(self) -> CeleryWorker:
@@ -366,6 +518,30 @@ class Stack:
     def uploads(self) -> int:
         return int(self.emulator.stats()["uploads_completed"])
 
+    def broker_is_drained(self) -> bool:
+        """Nothing on the `vision` queue, nothing delivered and unacknowledged. Jobs are
+        acknowledged late, so a job that is running, and a retry waiting out its
+        countdown in a worker, are both still there as unacknowledged messages."""
+        broker = self.redis.client(db=0)
+        try:
+            return broker.llen("vision") == 0 and broker.hlen("unacked") == 0
+        finally:
+            broker.close()
+
+    def wait_until_settled(self, *, timeout_s: float = 60) -> None:
+        """Wait until nothing is left that could still happen: the broker drained (see
+        `broker_is_drained`) and no model call under way at the emulator, seen twice 0.2 s
+        apart (kombu takes a message off the queue before it records it as unacked: for
+        that moment it is in neither place). Then a later model call, result or retry
+        would have to come from a new message."""
+        looks: list[bool] = []
+
+        def settled() -> bool:
+            looks.append(self.calls_in_flight() == 0 and self.broker_is_drained())
+            return looks[-2:] == [True, True]
+
+        wait_until(settled, timeout_s=timeout_s, what="the fleet to settle", interval_s=0.2)
+
 
 @contextlib.contextmanager
 def running_stack(
@@ -377,33 +553,46 @@ def running_stack(
     show_logs: bool = True,
     pool: str = "threads",
     redis_appendonly: bool = False,
+    shared_moto: SharedMoto | None = None,
 ) -> Iterator[Stack]:
+    """redis-server, moto's S3 server (or `shared_moto`, emptied), the emulator and
+    `workers` Celery workers, all for this stack alone; stopped at the end."""
     from celery import Celery
 
     from worker.emulator.server import EmulatorServer
 
-    with services(tmp_dir, redis_appendonly=redis_appendonly) as (redis_server, moto):
+    with services(tmp_dir, redis_appendonly=redis_appendonly, shared_moto=shared_moto) as (
+        redis_server,
+        moto,
+    ):
         s3 = moto.s3()
         for bucket in ("inbox", "results", "other"):
             s3.create_bucket(Bucket=bucket)
         emulator = EmulatorServer(api_key="test-key")
+        calls_in_flight = CallsInFlight(emulator)
         emulator.start()
         env = worker_env(
             redis_server=redis_server, moto=moto, gemini_base_url=emulator.base_url, extra=extra_env
         )
         started: list[CeleryWorker] = []
+        stack = Stack(redis_server, moto, emulator, started, env, None, s3, calls_in_flight)
         try:
+            # started side by side: each spends a couple of seconds importing and warming up
             for index in range(workers):
                 started.append(
-                    start_worker(
+                    spawn_worker(
                         env, tmp_dir, name=f"w{index + 1}", concurrency=concurrency, pool=pool
                     )
                 )
-            producer = Celery("test-producer", broker=f"{redis_server.url}/0", set_as_current=False)
-            yield Stack(redis_server, moto, emulator, started, env, producer, s3)
-        finally:
             for worker in started:
-                worker.stop()
-            for worker in started if show_logs else ():
+                wait_ready(worker)
+            stack.producer = Celery(
+                "test-producer", broker=f"{redis_server.url}/0", set_as_current=False
+            )
+            yield stack
+        finally:
+            # the stack's workers, and those a test added to it (stack.workers)
+            stop_workers(stack.workers)
+            for worker in stack.workers if show_logs else ():
                 print(f"--- {worker.name} ---\n{worker.log()[-3000:]}")
             emulator.stop()

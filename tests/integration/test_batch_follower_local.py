@@ -22,7 +22,7 @@ from worker.emulator.server import EmulatorServer
 from worker.pipeline.flow import run
 from worker.pipeline.ports import Ports
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.inprocess  # the fast tier (tests/conftest.py)
 
 POLICY = RetryPolicy(base_s=0.1, max_s=1, max_retries=3, output_retries=2)
 

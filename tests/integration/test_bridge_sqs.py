@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -207,7 +206,7 @@ def test_the_same_notification_three_times_gives_one_result_and_one_model_call(
     assert done.returncode == 0, done.stderr[-3000:]
     assert summary["enqueued"] == 3, summary  # three sends of one job id
     assert stack.record(job_id)["status"] == "succeeded"
-    time.sleep(5)  # the duplicates come back (JobBusy) and find the result
+    stack.wait_until_settled()  # the duplicates came back (JobBusy) and found the result
     assert stack.model_calls() - calls_before == 1
     assert [k for k in list_job_keys(stack.s3, job_id) if k.endswith("result.json")] == [
         f"vision/{job_id}/result.json"

@@ -32,7 +32,7 @@ from worker.emulator.client import EmulatorControl
 from worker.emulator.scenes import LIGHT_GREY_RGB, Scene, ShapeSpec, make_scene
 from worker.emulator.vision import analyse_image_bytes
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.inprocess  # the fast tier (tests/conftest.py)
 
 API_KEY = "emulator-test-key"
 MODEL = "gemini-2.5-flash"
@@ -908,6 +908,7 @@ def test_command_line_emulator_serves_until_sigterm() -> None:
             process.stdout.close()
 
 
+@pytest.mark.wallclock  # a CPU-bound second: ahead of other tests on the CPU
 def test_large_image_analyses_quickly() -> None:
     scene = make_scene(4000, 3000, 6, seed=1)
     jpeg = scene.jpeg_bytes()

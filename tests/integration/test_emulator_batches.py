@@ -15,7 +15,7 @@ from google.genai import errors, types
 from worker.emulator import EmulatorServer
 from worker.emulator.scenes import make_scene
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.inprocess  # the fast tier (tests/conftest.py)
 
 API_KEY = "batch-test-key"
 MODEL = "gemini-2.5-flash"

@@ -22,7 +22,8 @@ from tests.harness import REPO_ROOT, Stack, running_stack, wait_until
 from worker.emulator.scenes import Scene, make_scene
 from worker.settings import Settings
 
-pytestmark = pytest.mark.integration
+# in one test process, where the module's one fleet is started once (tests/conftest.py)
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("file_api")]
 
 INLINE_MAX_BYTES = 1_000_000
 UPLOAD_LOCK_TTL_S = 4.0

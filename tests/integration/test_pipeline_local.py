@@ -36,7 +36,7 @@ from worker.runtime import build_ports
 from worker.settings import Settings
 from worker.storage import StoreRouter
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.inprocess  # the fast tier (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,8 @@ from tests.harness import (
 )
 from worker.emulator.scenes import make_scene
 
-pytestmark = pytest.mark.integration
+# in one test process, where the module's one deployment is started once (tests/conftest.py)
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("readme")]
 
 README = REPO_ROOT / "README.md"
 

@@ -43,7 +43,7 @@ from worker.storage import (
 )
 from worker.storage.s3 import _translate_s3
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.inprocess  # the fast tier (tests/conftest.py)
 
 AWKWARD_KEYS = [
     "plain.json",

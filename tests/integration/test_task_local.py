@@ -19,7 +19,7 @@ from worker.emulator.server import EmulatorServer
 from worker.fleet.job_claims import Claim
 from worker.queue.app import FINAL_ERROR_HEADER, OUTAGE_SINCE_HEADER, analyze
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.inprocess  # the fast tier (tests/conftest.py)
 
 
 @pytest.fixture

@@ -1,10 +1,10 @@
 """Failure scenarios of docs/reliability.md: real processes on loopback, short timeouts.
 
-Each test starts its own stack (redis-server on a free port, moto's S3 server, the Gemini
-emulator, `celery worker` subprocesses in their own process groups) through `fleet()`,
-breaks something, and ends with `assert_invariant`: every submitted job has exactly one
-result.json or one error.json, and a result references only existing artifacts of its own
-attempt.
+Each test starts its own stack (redis-server on a free port, the Gemini emulator, `celery
+worker` subprocesses in their own process groups, and moto's S3 server, emptied: one per
+test process, see `SharedMoto`) through `fleet()`, breaks something, and ends with
+`assert_invariant`: every submitted job has exactly one result.json or one error.json, and a
+result references only existing artifacts of its own attempt.
 """
 
 from __future__ import annotations
@@ -18,7 +18,14 @@ from typing import Any
 
 import pytest
 
-from tests.harness import Stack, list_job_keys, read_json, running_stack, wait_until
+from tests.harness import (
+    SharedMoto,
+    Stack,
+    list_job_keys,
+    read_json,
+    running_stack,
+    wait_until,
+)
 
 pytestmark = pytest.mark.reliability
 
@@ -38,9 +45,23 @@ FAST_ENV: dict[str, str] = {
 FleetFactory = Callable[..., contextlib.AbstractContextManager[Stack]]
 
 
+@pytest.fixture(scope="session")
+def shared_moto() -> Iterator[SharedMoto]:
+    """This test process's moto server, emptied for each stack that takes it. No test
+    stops, blocks or restarts moto itself (outages are staged in a `TcpGate` or an
+    `S3Proxy` in front of it), so it can outlive a test."""
+    shared = SharedMoto()
+    try:
+        yield shared
+    finally:
+        shared.stop()
+
+
 @pytest.fixture
-def fleet(tmp_path: Path) -> FleetFactory:
+def fleet(tmp_path: Path, shared_moto: SharedMoto, request: pytest.FixtureRequest) -> FleetFactory:
     """`with fleet(workers=2, pool="prefork", extra_env={...}) as stack:`"""
+    # a wallclock test's moto is its own, started with its CPU priority (tests/conftest.py)
+    moto = None if request.node.get_closest_marker("wallclock") else shared_moto
 
     @contextlib.contextmanager
     def start(
@@ -59,6 +80,7 @@ def fleet(tmp_path: Path) -> FleetFactory:
             extra_env=env,
             pool=pool,
             redis_appendonly=redis_appendonly,
+            shared_moto=moto,
         ) as stack:
             yield stack
 

@@ -25,7 +25,7 @@ def test_same_job_three_times_gives_one_result_and_one_model_call(fleet: FleetFa
             stack.submit(dict(job))
         records = assert_invariant(stack, [job["job_id"]])
         assert records[0]["status"] == "succeeded"
-        time.sleep(6)  # the duplicates come back (JobBusy) and find the result
+        stack.wait_until_settled()  # the duplicates came back (JobBusy) and found the result
         assert stack.model_calls() == 1
 
 

@@ -155,7 +155,7 @@ def test_pool_child_killed_between_answer_and_commit_is_published_without_a_new_
         # handed back at once (reject_on_worker_lost), held up only by the dead lock's TTL
         assert time.monotonic() - killed_at < VISIBILITY_S
         assert records[0]["output"]["objects"], records[0]
-        time.sleep(3)  # nothing else comes back to ask again
+        stack.wait_until_settled()  # nothing else comes back to ask again
         assert stack.model_calls() == 1
         assert worker.proc.poll() is None
 
@@ -185,7 +185,7 @@ def test_whole_worker_killed_before_the_commit_another_publishes_without_a_new_c
         assert records[0]["status"] == "succeeded"
         # back after the visibility timeout, within kombu's restore interval and margin
         assert time.monotonic() - killed_at < visibility_s + 25
-        time.sleep(2)
+        stack.wait_until_settled()
         assert stack.model_calls() == 1
         assert job_id in survivor.log()
 
@@ -223,7 +223,7 @@ def test_job_outliving_the_visibility_timeout_commits_one_result_with_one_model_
         records = assert_invariant(stack, [job_id], timeout_s=latency_s + 30)
         assert records[0]["status"] == "succeeded"
         assert records[0]["attempt"] == 1  # the first run's commit
-        time.sleep(5)  # the duplicate's retries come back and find the result
+        stack.wait_until_settled()  # the duplicate's retries came back and found the result
         assert stack.model_calls() == 1  # the job's lock kept the duplicate from paying
         assert result_of(stack, job_id) == records[0]
 
@@ -246,7 +246,7 @@ def test_concurrent_runs_with_the_lock_lost_still_commit_exactly_one_result(
         wait_until(
             lambda: bool(redis1.exists(lock_key(job_id))), timeout_s=30, what="the first run"
         )
-        time.sleep(0.5)  # into its 6 s model call
+        wait_until(lambda: stack.calls_in_flight() == 1, timeout_s=30, what="its model call")
         redis1.delete(lock_key(job_id))  # the lock is gone; its holder runs on
         stack.emulator.configure(latency_ms=0)
         stack.submit(dict(job))  # the duplicate, on the other (idle) worker
@@ -317,7 +317,7 @@ def test_sigterm_hands_the_running_job_back_at_once_and_another_worker_finishes_
             timeout_s=30,
             what="the job to start on the first worker",
         )
-        time.sleep(1)  # well into its model call
+        wait_until(lambda: stack.calls_in_flight() == 1, timeout_s=30, what="its model call")
         second = start_worker(stack.env, first.log_path.parent, name="w2", pool=pool, concurrency=1)
         stack.workers.append(second)
         stack.emulator.configure(latency_ms=0)  # the call in flight keeps its 30 s
@@ -385,7 +385,7 @@ def test_job_that_kills_its_worker_every_time_is_dead_lettered_and_the_worker_st
         assert [(e["job_id"], e["code"]) for e in entries] == [(job_id, "internal")]
 
         # the loop is over: no further deliveries come back to crash the worker
-        time.sleep(6)
+        stack.wait_until_settled()
         assert gate.matches == MAX_DELIVERIES
         # and the worker is healthy: same main process, a normal job succeeds on it
         assert worker.proc.poll() is None
@@ -426,9 +426,9 @@ def test_dead_letter_replay_reruns_the_job_under_its_own_id(
 SHORT_LIMITS = {"GVW_SOFT_TIME_LIMIT_S": "3", "GVW_HARD_TIME_LIMIT_S": "4"}
 
 
-def assert_no_more_work(stack: Stack, calls: int, quiet_s: float = 6) -> None:
+def assert_no_more_work(stack: Stack, calls: int) -> None:
     """Nothing comes back after the record: no queued message, no new model call."""
-    time.sleep(quiet_s)  # longer than any retry countdown (GVW_RETRY_MAX_S = 4)
+    stack.wait_until_settled()  # every retry's countdown (GVW_RETRY_MAX_S = 4) has run out
     assert stack.model_calls() == calls
     broker = stack.redis.client(db=0)
     assert broker.llen("vision") == 0
@@ -448,7 +448,8 @@ def test_attempts_longer_than_the_time_limit_end_in_an_error_record_after_bounde
         assert records[0]["attempts"] <= MAX_DELIVERIES
         # three attempts of at most 4 s with short countdowns between them
         assert time.monotonic() - submitted_at < 3 * (4 + 4) + 10
-        time.sleep(4)  # the emulator logs a call when it answers, 6 s after it began
+        # the emulator logs a call when it answers, 6 s after it began
+        wait_until(lambda: stack.calls_in_flight() == 0, timeout_s=30, what="calls answered")
         calls = stack.model_calls()
         assert 1 <= calls <= MAX_DELIVERIES
         assert_no_more_work(stack, calls)
@@ -507,7 +508,7 @@ def test_redis_restart_with_jobs_queued_and_running_loses_and_doubles_nothing(
 
         records = assert_invariant(stack, job_ids, timeout_s=120)
         assert [r["status"] for r in records] == ["succeeded"] * len(job_ids), records
-        time.sleep(5)  # redelivered duplicates find their job committed
+        stack.wait_until_settled()  # redelivered duplicates found their job committed
         for job_id in job_ids:
             assert result_of(stack, job_id) == records[job_ids.index(job_id)]
         # at most the jobs running at the restart are asked twice
@@ -551,6 +552,7 @@ def test_redis_lost_after_handing_a_job_over_before_recording_it_unacked_loses_n
 # --- 10. a 429 with retryDelay holds back the whole fleet --------------------------------------
 
 
+@pytest.mark.wallclock  # call starts to 0.5 s
 def test_429_with_retry_delay_stops_every_worker_for_that_long_then_all_jobs_succeed(
     fleet: FleetFactory,
 ) -> None:
@@ -612,6 +614,6 @@ def test_per_day_quota_fails_the_job_as_quota_exhausted_after_one_call(
         assert records[0]["attempts"] == 1
         assert time.monotonic() - submitted_at < 10  # no backoff ladder before giving up
         assert stack.model_calls() == 1
-        time.sleep(6)  # longer than any retry countdown: nothing comes back to try again
+        stack.wait_until_settled()  # every retry countdown over: nothing came back to try again
         assert stack.model_calls() == 1
         assert [f["count"] for f in stack.emulator.pending_faults()] == [49]
