@@ -31,6 +31,8 @@ from worker.fleet.refusals import LocalRefusals, RedisRefusals, Refusals
 from worker.gemini import GeminiGateway
 from worker.pipeline.ports import Ports
 from worker.prices import load_prices
+from worker.runs.book import RunBook
+from worker.runs.ledger import LocalRunLedger, RedisRunLedger, RunLedger
 from worker.settings import Settings, get_settings
 from worker.storage import S3_SCHEME, StoreRouter
 
@@ -67,6 +69,7 @@ def build_ports(settings: Settings, *, local: bool = False) -> Ports:
         answer_cache: AnswerCache = LocalAnswerCache(
             ttl_s=settings.gvw_answer_cache_ttl_s, lead_ttl_s=settings.gvw_hard_time_limit_s
         )
+        ledger: RunLedger = LocalRunLedger()
     else:
         client = fleet_client(
             settings.gvw_redis_url,
@@ -105,16 +108,18 @@ def build_ports(settings: Settings, *, local: bool = False) -> Ports:
             # past the task's hard limit: a live leader always holds it to the end
             lead_ttl_s=settings.gvw_hard_time_limit_s,
         )
+        ledger = RedisRunLedger(client, ttl_s=settings.gvw_run_ttl_s)
     if settings.gvw_answer_cache_ttl_s == 0:
         answer_cache = NoAnswerCache()
     if settings.gvw_budget_usd_per_day == 0:
         budget = NoBudget()
+    stores = StoreRouter(
+        connect_timeout_s=settings.gvw_s3_connect_timeout_s,
+        read_timeout_s=settings.gvw_s3_read_timeout_s,
+    )
     return Ports(
         settings=settings,
-        stores=StoreRouter(
-            connect_timeout_s=settings.gvw_s3_connect_timeout_s,
-            read_timeout_s=settings.gvw_s3_read_timeout_s,
-        ),
+        stores=stores,
         gemini=GeminiGateway(
             api_key=settings.api_key,
             base_url=settings.gemini_base_url,
@@ -130,6 +135,7 @@ def build_ports(settings: Settings, *, local: bool = False) -> Ports:
         prices=load_prices(settings.gvw_prices_file),
         answer_cache=answer_cache,
         budget=budget,
+        runs=RunBook(ledger, stores, summary_every_s=settings.gvw_run_summary_every_s),
         batches=batches,
         refusals=refusals,
     )

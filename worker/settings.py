@@ -123,6 +123,11 @@ class Settings(BaseSettings):
     gvw_batch_inline_max_bytes: int = Field(default=19_000_000, ge=0, le=20_000_000)
     gvw_batch_poll_s: float = Field(default=30.0, gt=0)
     gvw_batch_fallback: Literal["batch", "interactive"] = "batch"
+    # Runs (docs/runs.md): a run's live counts stay in Redis this long after its last
+    # move (~100 bytes a job); its summary.json is rewritten at most this often (and
+    # once when it finishes), whatever the number of workers.
+    gvw_run_ttl_s: int = Field(default=14 * 24 * 3600, ge=3600)
+    gvw_run_summary_every_s: float = Field(default=10.0, gt=0, le=3600)
     # How images reach Gemini: auto (inline, the File API above GVW_INLINE_MAX_BYTES),
     # inline (never the File API), file_api (every image uploaded, for reuse), url (an
     # s3:// JPEG Gemini can take as stored goes as a pre-signed URL Gemini fetches; the

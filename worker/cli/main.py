@@ -16,6 +16,7 @@ from worker.cli.jobs import cmd_result, cmd_status, cmd_submit
 from worker.cli.operate import cmd_costs, cmd_demo, cmd_doctor, cmd_emulator, cmd_worker
 from worker.cli.parser import build_parser
 from worker.cli.prefix import cmd_enqueue_prefix
+from worker.cli.runs import cmd_runs
 from worker.producers.producer import BrokerUnavailable
 from worker.settings import SettingsInvalid
 
@@ -55,6 +56,7 @@ _HANDLERS = {
     "dead-letters": cmd_dead_letters,
     "doctor": cmd_doctor,
     "enqueue-prefix": cmd_enqueue_prefix,
+    "runs": cmd_runs,
     "bridge": run_bridge,
 }
 

@@ -154,6 +154,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_arguments(bulk, for_each="every job's")
     bulk.add_argument("--wait", action="store_true", help="wait for every job and summarise")
     bulk.add_argument(
+        "--run-name",
+        metavar="NAME",
+        help="the run's name (its id starts with it; default: run)",
+    )
+    bulk.add_argument(
+        "--new-run",
+        action="store_true",
+        help="start a new run even when an interrupted enqueue of the same prefix and job "
+        "left one unsealed (by default a rerun continues that run)",
+    )
+    bulk.add_argument(
         "--resubmit",
         action="store_true",
         help="send again what an earlier run sent and is not done (a lost queue): by "
@@ -312,6 +323,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     costs.add_argument("--json", action="store_true", help="print one JSON object")
     add_bridge_parser(sub)
+
+    runs = sub.add_parser(
+        "runs",
+        help="runs (every gvw enqueue-prefix is one): list, show [--watch], retry",
+        description="A run is the jobs of one gvw enqueue-prefix (or of jobs naming it): "
+        "its definition and members in storage under {results}/_runs/RUN/, its live "
+        "counts in GVW_REDIS_URL, its summary.json kept current by the workers.",
+    )
+    runs_sub = runs.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
+    runs_list = runs_sub.add_parser("list", help="the runs under the results folder, newest first")
+    runs_show = runs_sub.add_parser(
+        "show", help="a run's progress: counts by state and error code, spend, rate, ETA"
+    )
+    runs_show.add_argument("run_id", metavar="RUN", help="the run's id (as enqueue-prefix printed)")
+    runs_show.add_argument(
+        "--watch", action="store_true", help="refresh (in place on a terminal) until it ends"
+    )
+    runs_show.add_argument(
+        "--interval",
+        type=positive_float,
+        default=2.0,
+        metavar="S",
+        help="with --watch: look again every S seconds (default 2)",
+    )
+    runs_retry = runs_sub.add_parser(
+        "retry",
+        help="send again the run's failed jobs (optionally by --code) and jobs with no record",
+    )
+    runs_retry.add_argument("run_id", metavar="RUN", help="the run's id")
+    runs_retry.add_argument(
+        "--code",
+        dest="codes",
+        action="append",
+        metavar="CODE",
+        help="only failed jobs with this error code (repeatable); jobs with no record "
+        "are then left alone",
+    )
+    for one in (runs_list, runs_show, runs_retry):
+        one.add_argument(
+            "--output",
+            metavar="URI",
+            help="the results folder the run's jobs write to (default GVW_RESULTS_URI)",
+        )
+        one.add_argument("--json", action="store_true", help="print JSON")
 
     dead = sub.add_parser(
         "dead-letters",

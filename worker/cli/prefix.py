@@ -72,13 +72,17 @@ def cmd_enqueue_prefix(args: argparse.Namespace) -> int:
         for line in estimate.lines():
             print(line)
         return EXIT_OK
-    summary = enqueue_prefix(
-        client,
-        objects(),
-        template,
-        progress=Progress,
-        sent=None if args.resubmit else _sent_log(settings, prefix, template),
-    )
+    sent = None if args.resubmit else _sent_log(settings, prefix, template)
+    run = _run_for(settings, stores, sent, results_folder, template, prefix, suffixes, args)
+    try:
+        summary = enqueue_prefix(client, objects(), template, progress=Progress, sent=sent, run=run)
+    except BaseException:
+        # unsealed: the members sent so far are kept, and a rerun continues the run
+        run.flush()
+        raise
+    run.seal()
+    if sent is not None:
+        sent.set_open_run(None)
     _report_unusable(unusable)
     if args.wait and summary.submitted:
         wait_all(
@@ -94,6 +98,50 @@ def cmd_enqueue_prefix(args: argparse.Namespace) -> int:
         fail(f"{sum(summary.failed_by_code.values())} failed, {summary.pending} pending")
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _run_for(
+    settings: Any,
+    stores: Any,
+    sent: Any,
+    results: str,
+    template: dict[str, Any],
+    prefix: str,
+    suffixes: tuple[str, ...],
+    args: argparse.Namespace,
+) -> Any:
+    """The run this enqueue fills: the one an interrupted enqueue of the same listing
+    left unsealed (unless --new-run), else a new one. Its id is printed first."""
+    from worker.producers.runs import continue_run, fleet_ledger, start_run
+    from worker.runs.records import RunSource
+
+    ledger = fleet_ledger(settings.gvw_redis_url, ttl_s=settings.gvw_run_ttl_s)
+    if ledger is None:
+        print(
+            "gvw: GVW_REDIS_URL unreachable: the run is kept in storage, without live counts",
+            file=sys.stderr,
+        )
+    open_run = sent.open_run() if sent is not None and not args.new_run else None
+    run = (
+        continue_run(stores, ledger, results=results, run_id=open_run)
+        if open_run is not None
+        else None
+    )
+    continued = run is not None
+    if run is None:
+        run = start_run(
+            stores,
+            ledger,
+            results=results,
+            name=args.run_name,
+            template=template,
+            source=RunSource(kind="prefix", prefix=prefix, suffixes=list(suffixes)),
+        )
+        if sent is not None:
+            sent.set_open_run(run.run_id)
+    print(f"run {run.run_id}" + (" (continuing an interrupted enqueue)" if continued else ""))
+    sys.stdout.flush()
+    return run
 
 
 def _report_unusable(unusable: list[str]) -> None:

@@ -61,6 +61,9 @@ class Job(BaseModel):
     model: Annotated[str, StringConstraints(pattern=_MODEL_PATTERN)] | None = None
     output: Annotated[str, StringConstraints(min_length=6, max_length=1024)] | None = None
     options: JobOptions = Field(default_factory=JobOptions)
+    # the run the job belongs to (docs/runs.md): counted in its progress and spend, held
+    # by its cost cap; not part of what the job is (its fingerprint)
+    run: Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN)] | None = None
 
     def spec(self) -> TaskSpec:
         return TaskSpec(
@@ -79,10 +82,10 @@ class Job(BaseModel):
     def fingerprint(self, folder: str) -> str:
         """What identifies this job under its id: everything that decides its answer
         (task, images, prompt, labels, schema, model, options) and where it goes (its
-        results folder). A redelivery has the same; another job reusing the id does not.
+        results folder), not the run it is counted in. A redelivery has the same; another job reusing the id does not.
         Fields as the producer gave them (a model left out is not GVW_MODEL), options
         with their defaults filled in."""
-        material = self.model_dump(mode="json", exclude={"job_id", "output"})
+        material = self.model_dump(mode="json", exclude={"job_id", "output", "run"})
         # how it is asked (interactive or batch) does not change the answer: a batch job
         # sent back to the interactive path is still the same job
         material["options"].pop("mode", None)
@@ -142,6 +145,13 @@ def describe_validation_error(exc: ValidationError) -> str:
         else:
             parts.append(f"{where}: {err['msg']}")
     return "invalid job: " + "; ".join(parts)
+
+
+def salvage_run(raw: Any) -> str | None:
+    """The run a job that failed validation names, where that is itself valid: the job
+    still counts in its run (as failed)."""
+    run = raw.get("run") if isinstance(raw, dict) else None
+    return run if isinstance(run, str) and re.match(JOB_ID_PATTERN, run) else None
 
 
 def salvage_identity(raw: Any) -> tuple[str | None, str | None]:

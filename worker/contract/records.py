@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.base import TaskOutput
 from tasks.errors import GvwError, ModelOutputInvalid
-from worker.contract.jobs import SCHEMA_VERSION
+from worker.contract.jobs import SCHEMA_VERSION, salvage_run
 
 JOB_SUMMARY_MAX_BYTES: Final = 16 * 1024
 MODEL_TEXT_MAX_CHARS: Final = 1_000_000
@@ -250,6 +250,8 @@ class ResultRecord(RecordModel):
     mode: str = "interactive"
     # the answer came from the answer cache (GVW_ANSWER_CACHE_TTL_S): whose it was
     answer_reused_from: ReusedAnswer | None = None
+    # the run the job is counted in (left out when it names none)
+    run: str | None = Field(default=None, exclude_if=_absent)
 
 
 class ErrorDetail(RecordModel):
@@ -273,6 +275,8 @@ class ErrorRecord(RecordModel):
     # what identifies the job this id was used for (a reuse by another job is refused)
     fingerprint: str | None = None
     job: Any = None
+    # the run the job is counted in (left out when it names none)
+    run: str | None = Field(default=None, exclude_if=_absent)
 
 
 class Outcome(BaseModel):
@@ -284,6 +288,9 @@ class Outcome(BaseModel):
     record_uri: str
     already_done: bool = False
     timings_s: dict[str, float] = Field(default_factory=dict)
+    # what the job's end tells its run and its events (not part of the task's return)
+    error_code: str | None = None
+    cost_usd: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -318,6 +325,7 @@ def error_record(
         attempts=attempts,
         fingerprint=fingerprint,
         job=summarize_job(job),
+        run=salvage_run(job),
     )
 
 

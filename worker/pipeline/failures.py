@@ -123,10 +123,10 @@ def _write_error_record(
             extra={"job_id": job_id, "code": code, "error_message": err.message},
         )
         DEAD_LETTERS.labels(code).inc()
-        return Outcome(job_id=job_id, status="failed", record_uri="")
+        return Outcome(job_id=job_id, status="failed", record_uri="", error_code=code)
     ports.dead_letters.mark_recorded(job_id)
     DEAD_LETTERS.labels(code).inc()
-    return Outcome(job_id=job_id, status="failed", record_uri=uri)
+    return Outcome(job_id=job_id, status="failed", record_uri=uri, error_code=code)
 
 
 def _refuse_reused_id(
@@ -148,9 +148,9 @@ def _refuse_reused_id(
     uri = join_uri(folder, ERROR_NAME)
     if error.holder_folder is None or error.holder_folder == folder:
         # the id's folder is the other job's: nothing of ours may be written there
-        return Outcome(job_id=job_id, status="failed", record_uri="")
+        return Outcome(job_id=job_id, status="failed", record_uri="", error_code=error.code)
     ports.stores.create_exclusive(uri, data, content_type=JSON_TYPE)
-    return Outcome(job_id=job_id, status="failed", record_uri=uri)
+    return Outcome(job_id=job_id, status="failed", record_uri=uri, error_code=error.code)
 
 
 def job_fingerprint(job: Job, settings: Settings) -> str:

@@ -77,6 +77,9 @@ def run(
                 f"(GVW_MAX_DELIVERIES={ports.settings.gvw_max_deliveries})",
                 deliveries=died,
             )
+        if job.run is not None:
+            results = job.output or ports.settings.gvw_results_uri
+            ports.runs.moved(job.run, job.job_id, "r", results=results)
         try:
             return _answer_and_publish(plan, ports, paid, timer)
         finally:

@@ -26,6 +26,7 @@ from worker.fleet.ratelimit import RateLimiter
 from worker.fleet.refusals import LocalRefusals, Refusals
 from worker.gemini.port import Gemini
 from worker.pipeline.request_images import ImageSender
+from worker.runs.book import RunBook
 from worker.settings import Settings
 from worker.storage.port import Stores
 
@@ -47,6 +48,8 @@ class Ports:
     prices: PriceTable
     answer_cache: AnswerCache
     budget: Budget
+    # the runs jobs are counted in (`worker.runs`)
+    runs: RunBook
     # batch mode's state (None without Redis: batch mode is then refused)
     batches: Batches | None = None
     # jobs refused because their id belongs to another job (`worker.fleet.refusals`)

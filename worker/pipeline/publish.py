@@ -94,6 +94,7 @@ def publish(
                 if reused is not None
                 else None
             ),
+            run=job.run,
         )
         result_uri = join_uri(plan.folder, RESULT_NAME)
         created = ports.stores.create_exclusive(
@@ -113,7 +114,11 @@ def publish(
             )
     log.info("job committed", extra={"job_id": job.job_id, "task": job.task, "uri": result_uri})
     return Outcome(
-        job_id=job.job_id, status="succeeded", record_uri=result_uri, timings_s=timer.seconds
+        job_id=job.job_id,
+        status="succeeded",
+        record_uri=result_uri,
+        timings_s=timer.seconds,
+        cost_usd=record.usage.cost_usd,
     )
 
 

@@ -14,11 +14,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from tasks.errors import GvwError, InputNotAllowed
 from worker.producers.client import VisionClient
 from worker.producers.progress import Progress
+from worker.producers.runs import RunWriter
+from worker.runs.ledger import failed_state
+from worker.runs.records import Member
 from worker.settings import Settings
 from worker.storage import ObjectInfo
 from worker.storage.uris import is_within, parse_prefix, parse_uri
@@ -133,10 +136,13 @@ class BulkSummary:
 
 class SentLog(Protocol):
     """Which job ids of a bulk run were sent already (`RedisSentLog`): a rerun after an
-    interruption skips them instead of queueing them twice."""
+    interruption skips them instead of queueing them twice, and continues the run the
+    interrupted one left open (unsealed)."""
 
     def seen(self, job_ids: Sequence[str]) -> list[bool]: ...
     def add(self, job_ids: Sequence[str]) -> None: ...
+    def open_run(self) -> str | None: ...
+    def set_open_run(self, run_id: str | None) -> None: ...
 
 
 class RedisSentLog:
@@ -146,6 +152,7 @@ class RedisSentLog:
     def __init__(self, client: Any, run_key: str, *, ttl_s: int) -> None:
         self._redis = client
         self._key = f"gvw:bulk:sent:{run_key}"
+        self._open_key = f"gvw:bulk:open:{run_key}"
         self._ttl_s = ttl_s
 
     def seen(self, job_ids: Sequence[str]) -> list[bool]:
@@ -159,6 +166,17 @@ class RedisSentLog:
             pipe.sadd(self._key, *job_ids)
             pipe.expire(self._key, self._ttl_s)
             pipe.execute()
+
+    def open_run(self) -> str | None:
+        """The run an interrupted enqueue of this listing left unsealed, if any."""
+        found = self._redis.get(self._open_key)
+        return found.decode() if isinstance(found, bytes) else found
+
+    def set_open_run(self, run_id: str | None) -> None:
+        if run_id is None:
+            self._redis.delete(self._open_key)
+        else:
+            self._redis.set(self._open_key, run_id, ex=self._ttl_s)
 
 
 def run_key(prefix: str, template: Mapping[str, Any]) -> str:
@@ -175,35 +193,53 @@ def enqueue_prefix(
     progress: Callable[[str, int], Progress] | None = None,
     sent: SentLog | None = None,
     group_size: int = 500,
+    run: RunWriter | None = None,
 ) -> BulkSummary:
     """Submit one job per object (filtered by suffix), skipping what is done.
 
     What is done comes from one listing of the results folder (a request per thousand
     records), not a request per object; what an earlier, interrupted run already sent
     from `sent`. Jobs go in pipelined groups of `group_size` (`VisionClient.submit_many`).
+    With `run`, every job sent names it, and it counts what was done before among its
+    members (with their states); it is sealed at the end.
     """
     chosen = [o for o in objects if not suffixes or o.uri.lower().endswith(suffixes)]
     summary = BulkSummary(listed=len(chosen))
-    done = client.committed(output=template.get("output"))
+    output = template.get("output")
+    done = client.committed(output=output)
     bar = progress("enqueue", len(chosen)) if progress else None
     group: list[dict[str, Any]] = []
+    done_group: list[Member] = []
 
     def flush() -> None:
         ids = [str(job["job_id"]) for job in group]
         already = sent.seen(ids) if sent is not None else [False] * len(ids)
         fresh = [job for job, was in zip(group, already, strict=True) if not was]
         summary.skipped_queued += len(group) - len(fresh)
+        if run is not None:
+            run.sending([_member(job, "sent") for job in fresh])
         summary.submitted.extend(client.submit_many(fresh))
         if sent is not None:
             sent.add([str(job["job_id"]) for job in fresh])
         group.clear()
+        if run is not None and done_group:
+            run.ended_before(done_group, _ended_states(client, done_group, done, output))
+        done_group.clear()
+        if run is not None:
+            # the members so far in storage: an interrupted enqueue loses none of them
+            run.flush()
 
     for index, obj in enumerate(chosen, start=1):
         job_id = deterministic_job_id(obj.uri, obj.etag, template)
         if job_id in done:
             summary.skipped_done += 1
+            if run is not None:
+                done_group.append(Member(job_id=job_id, images=[obj.uri], sent="done"))
         else:
-            group.append({**template, "images": [obj.uri], "job_id": job_id})
+            job = {**template, "images": [obj.uri], "job_id": job_id}
+            if run is not None:
+                job["run"] = run.run_id
+            group.append(job)
             if len(group) >= group_size:
                 flush()
         if bar and (index % group_size == 0 or index == len(chosen)):
@@ -212,6 +248,25 @@ def enqueue_prefix(
     if bar:
         bar.close()
     return summary
+
+
+def _member(job: Mapping[str, Any], sent: Literal["sent", "done", "queued"]) -> Member:
+    return Member(job_id=str(job["job_id"]), images=list(job["images"]), sent=sent)
+
+
+def _ended_states(
+    client: VisionClient, members: Sequence[Member], done: Mapping[str, str], output: Any
+) -> dict[str, str]:
+    """The ledger states of jobs committed before the run: a failure's code is read from
+    its record (failures only: a request each)."""
+    states = {}
+    for member in members:
+        if done[member.job_id] == "succeeded":
+            states[member.job_id] = "s"
+            continue
+        status = client.finished(member.job_id, output=output)
+        states[member.job_id] = failed_state((status.error_code if status else None) or "unknown")
+    return states
 
 
 def wait_all(

@@ -19,9 +19,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from tasks.errors import GvwError, JobIdConflict
+from tasks.errors import FleetUnavailable, GvwError, JobIdConflict
 from worker.contract.jobs import Job, new_job_id, parse_job
 from worker.contract.layout import ERROR_NAME, RESULT_NAME, error_uri, job_folder, result_uri
 from worker.contract.names import QUEUE
@@ -30,6 +30,10 @@ from worker.producers.producer import send_job, send_jobs
 from worker.settings import Settings, get_settings
 from worker.storage import StoreRouter
 from worker.storage.uris import Role, parse_uri
+
+if TYPE_CHECKING:
+    from worker.runs.ledger import RunLedger
+    from worker.runs.records import RunSummary
 
 # succeeded / failed: its record exists; queued: waiting on the broker; running: taken by
 # a worker (or waiting out a retry countdown there); batched: prepared in batch mode and
@@ -284,6 +288,34 @@ class VisionClient:
             return BatchStore(client).waiting_in(job_id)
         except redis.RedisError:
             return None
+
+    def run_status(self, run_id: str, *, output: str | None = None) -> RunSummary | None:
+        """A run's progress (docs/runs.md): counts by state and error code, spend, rate
+        and ETA, from the fleet's live counts (GVW_REDIS_URL), else from the run's last
+        summary.json; None when neither knows the run. `output`: the results folder its
+        jobs write to (default GVW_RESULTS_URI)."""
+        from worker.producers.runs import run_summary
+        from worker.runs.store import RunStore
+
+        results = output or self._settings.gvw_results_uri
+        return run_summary(run_id, results, self._run_ledger(), RunStore(self._stores))
+
+    def seal_run(self, run_id: str, *, output: str | None = None) -> RunSummary | None:
+        """Say a run has all its jobs (for runs a producer names on its own jobs): its
+        last end then finishes it. `gvw enqueue-prefix` seals its runs itself."""
+        from worker.producers.runs import seal_run
+        from worker.runs.store import RunStore
+
+        ledger = self._run_ledger()
+        if ledger is None:
+            raise FleetUnavailable("the fleet's Redis (GVW_REDIS_URL) does not answer")
+        results = output or self._settings.gvw_results_uri
+        return seal_run(ledger, RunStore(self._stores), run_id, results)
+
+    def _run_ledger(self) -> RunLedger | None:
+        from worker.producers.runs import fleet_ledger
+
+        return fleet_ledger(self._settings.gvw_redis_url, ttl_s=self._settings.gvw_run_ttl_s)
 
     def finished(self, job_id: str, *, output: str | None = None) -> JobStatus | None:
         """The final state from storage alone (no broker round trip), or None."""

@@ -49,6 +49,7 @@ from worker.observability import (
     configure_logging,
     start_metrics_server,
 )
+from worker.pipeline.ended import job_ended, job_moved
 from worker.pipeline.failures import job_fingerprint, publish_error
 from worker.pipeline.flow import run
 from worker.pipeline.ports import Ports
@@ -303,6 +304,8 @@ class AnalyzeTask(Task):
             )
             JOBS.labels(_task_label(parsed.task), "failed").inc()
             return
+        with contextlib.suppress(FleetUnavailable):  # acked already: the run misses it
+            job_ended(ports, parsed, outcome, output=parsed.output)
         _ended(outcome, parsed.task)
 
 
@@ -353,6 +356,7 @@ def analyze(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         )
     try:
         outcome = run(parsed, ports, attempt=retries + 1)
+        job_ended(ports, parsed, outcome, output=parsed.output)
         OUTAGES.through()
         return _ended(outcome, parsed.task)
     except RecordNotWritten as err:
@@ -479,6 +483,12 @@ def _retry_or_record(
     waits = seen.waits + (1 if outage or is_waiting(error) else 0)
     if policy.should_retry(error, retries, waits_so_far=waits, outage_s=outage_s):
         countdown_s = policy.countdown_s(error, retries - waits, outage_waits=seen.outage_waits)
+        job_moved(
+            ports,
+            failure.get("job"),
+            "w" if waits > seen.waits else "q",
+            output=failure.get("output"),
+        )
         if outage_since is not None:
             _wait_for_outage(
                 self,
@@ -528,6 +538,7 @@ def _record_failure(self: Task, ports: Ports, **failure: Any) -> dict[str, Any]:
     the job waits for it (its record is written once it is back)."""
     try:
         outcome = publish_error(ports, **failure)
+        job_ended(ports, failure.get("job"), outcome, output=failure.get("output"))
     except RecordNotWritten as err:
         return _retry_record(self, ports, failure["job_id"], failure["task"], err)
     except FleetUnavailable as err:

@@ -1,0 +1,198 @@
+"""`gvw runs list | show | retry`: runs as one thing to watch and retry (docs/runs.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any, TextIO
+
+from worker.cli.common import EXIT_FAILED, EXIT_OK, fail
+
+# `--watch` looks again this often by default; each look is three Redis reads
+WATCH_INTERVAL_S = 2.0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from worker.producers.runs import fleet_ledger
+    from worker.runs.store import RunStore
+    from worker.settings import get_settings
+    from worker.storage import StoreRouter
+
+    settings = get_settings()
+    results = args.output or settings.gvw_results_uri
+    stores = StoreRouter(
+        connect_timeout_s=settings.gvw_s3_connect_timeout_s,
+        read_timeout_s=settings.gvw_s3_read_timeout_s,
+    )
+    store = RunStore(stores)
+    ledger = fleet_ledger(settings.gvw_redis_url, ttl_s=settings.gvw_run_ttl_s)
+    if ledger is None:
+        print(
+            "gvw: GVW_REDIS_URL unreachable: runs as their last summary.json says",
+            file=sys.stderr,
+        )
+    if args.runs_command == "list":
+        return _list(store, ledger, results, as_json=args.json)
+    if args.runs_command == "show":
+        return _show(store, ledger, results, args)
+    return _retry(settings, stores, store, ledger, results, args)
+
+
+def _list(store: Any, ledger: Any, results: str, *, as_json: bool) -> int:
+    from worker.producers.runs import run_summary
+
+    summaries = [run_summary(run_id, results, ledger, store) for run_id in store.run_ids(results)]
+    shown = sorted(
+        (s for s in summaries if s is not None), key=lambda s: s.created_at or "", reverse=True
+    )
+    for summary in shown:
+        if as_json:
+            print(summary.model_dump_json())
+        else:
+            counts = summary.counts
+            print(
+                f"{summary.run_id}  {summary.state:<8}  {summary.created_at or '?'}  "
+                f"{counts.get('succeeded', 0) + counts.get('failed', 0)}/{summary.members} "
+                f"ended, {counts.get('failed', 0)} failed, ${summary.spent_usd:.4f}"
+                + (f"  ({summary.name})" if summary.name else "")
+            )
+    if not as_json:
+        print(f"{len(shown)} runs under {results}")
+    return EXIT_OK
+
+
+def _show(store: Any, ledger: Any, results: str, args: argparse.Namespace) -> int:
+    from worker.producers.runs import run_summary
+
+    out = sys.stdout
+    drawn = 0
+    while True:
+        summary = run_summary(args.run_id, results, ledger, store)
+        if summary is None:
+            fail(f"no run {args.run_id} under {results} (--output names another results folder)")
+            return EXIT_FAILED
+        if args.json:
+            print(summary.model_dump_json(indent=None if args.watch else 2), flush=True)
+        else:
+            drawn = _draw(out, describe(summary), drawn, in_place=args.watch and out.isatty())
+        if not args.watch or summary.state != "running" or summary.source != "fleet":
+            return EXIT_OK
+        time.sleep(args.interval)
+
+
+def _draw(out: TextIO, lines: list[str], drawn: int, *, in_place: bool) -> int:
+    """Lines on a terminal, over the ones drawn before (ANSI: up `drawn` lines, clear)."""
+    if in_place and drawn:
+        out.write(f"\x1b[{drawn}F\x1b[J")
+    out.write("\n".join(lines) + "\n")
+    out.flush()
+    return len(lines)
+
+
+def describe(summary: Any) -> list[str]:
+    counts = summary.counts
+    codes = ", ".join(f"{c}={n}" for c, n in summary.failed_by_code.items())
+    live = ", ".join(
+        f"{name} {counts.get(name, 0)}"
+        for name in ("queued", "running", "waiting", "batched", "held")
+        if counts.get(name, 0)
+    )
+    lines = [
+        f"run {summary.run_id}"
+        + (f" ({summary.name})" if summary.name else "")
+        + f": {summary.state}"
+        + ("" if summary.sealed else ", still being listed")
+        + (
+            " (from its last summary.json: the fleet's Redis has no live counts)"
+            if summary.source == "storage"
+            else ""
+        ),
+        f"  {summary.members} jobs: succeeded {counts.get('succeeded', 0)}, "
+        f"failed {counts.get('failed', 0)}"
+        + (f" ({codes})" if codes else "")
+        + (f"; {live}" if live else ""),
+        f"  spent ${summary.spent_usd:.4f}"
+        + (f" of at most ${summary.max_usd:g}" if summary.max_usd is not None else ""),
+    ]
+    if summary.state == "running":
+        eta = f", about {_clock(summary.eta_s)} left" if summary.eta_s is not None else ""
+        lines.append(f"  {summary.rate_per_min:.1f} jobs/min over the last minutes{eta}")
+    elif summary.finished_at:
+        lines.append(f"  finished {summary.finished_at}")
+    if summary.summary_uri:
+        lines.append(f"  {summary.summary_uri}")
+    return lines
+
+
+def _clock(seconds: float) -> str:
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _retry(
+    settings: Any, stores: Any, store: Any, ledger: Any, results: str, args: argparse.Namespace
+) -> int:
+    from worker.contract.layout import error_uri
+    from worker.producers.client import VisionClient
+    from worker.producers.runs import plan_retry
+    from worker.runtime import build_ports
+
+    definition = store.definition(results, args.run_id)
+    if definition is None:
+        fail(f"no run {args.run_id} under {results} (--output names another results folder)")
+        return EXIT_FAILED
+    if definition.source.kind != "prefix":
+        fail(f"run {args.run_id} was not made by gvw enqueue-prefix: its jobs are the producer's")
+        return EXIT_FAILED
+    client = VisionClient(settings=settings, stores=stores)
+    output = definition.template.get("output")
+    plan = plan_retry(
+        store,
+        stores,
+        results,
+        args.run_id,
+        codes=args.codes or (),
+        committed=client.committed(output=output),
+        error_code=lambda job_id: _code_of(client, job_id, output),
+    )
+    ports = build_ports(settings)
+    jobs: list[dict[str, Any]] = []
+    for member in plan.failed:
+        # as `gvw dead-letters replay`: the job's error record goes, the job comes back
+        ports.stores.delete(error_uri(member.job_id, output, settings))
+        ports.deliveries.forget(member.job_id)
+        ports.dead_letters.remove(member.job_id)
+    if ledger is not None:
+        ledger.reopen(args.run_id, [m.job_id for m in plan.failed])
+    for member in [*plan.failed, *(plan.missing if not args.codes else [])]:
+        jobs.append(
+            {
+                **definition.template,
+                "images": member.images,
+                "job_id": member.job_id,
+                "run": args.run_id,
+            }
+        )
+    client.submit_many(jobs)
+    print(
+        json.dumps(
+            {
+                "run": args.run_id,
+                "failed_sent_again": len(plan.failed),
+                "missing_sent_again": 0 if args.codes else len(plan.missing),
+            }
+        )
+        if args.json
+        else f"run {args.run_id}: sent again {len(plan.failed)} failed jobs"
+        + ("" if args.codes else f" and {len(plan.missing)} jobs with no record")
+    )
+    return EXIT_OK
+
+
+def _code_of(client: Any, job_id: str, output: Any) -> str | None:
+    status = client.finished(job_id, output=output)
+    return status.error_code if status else None
