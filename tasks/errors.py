@@ -25,6 +25,8 @@ its boundary, always ``raise ... from exc``.
     │   ├── WorkerMisconfigured      worker_misconfigured (no or wrong storage credentials)
     │   └── WorkerLost               internal           (the job kept killing its worker)
     ├── ModelOutputInvalid           model_output_invalid, retried a bounded number of times
+    ├── RunCapReached                quota_exhausted    (the run's cost cap: the job is held,
+    │                                                    not failed, until the run resumes)
     └── RetryableError               retried with backoff, then error.json
         ├── ModelRateLimited         quota_exhausted    (429 per-minute: retry_after_s)
         ├── BudgetExhausted          quota_exhausted    (the fleet's day budget: a wait)
@@ -213,6 +215,13 @@ class ModelRateLimited(RetryableError):
     def retry_after_s(self) -> float | None:
         value = self.details.get("retry_after_s")
         return float(value) if value is not None else None
+
+
+class RunCapReached(GvwError):
+    """The run the job is counted in (its `max_usd`) has no room for this request: the job
+    is held, neither retried nor failed, until `gvw runs resume` raises the cap."""
+
+    code = "quota_exhausted"
 
 
 class BudgetExhausted(RetryableError):

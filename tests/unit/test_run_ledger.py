@@ -176,3 +176,69 @@ def test_rate_and_eta_come_from_the_last_minutes() -> None:
     assert summary.state == "running"
     # ends older than the window no longer count
     assert rate_per_min(counts, now_s + 10 * 60) == 0.0
+
+
+def test_without_a_cap_every_reservation_is_granted(ledger: RunLedger) -> None:
+    ledger.open(RUN, folder=FOLDER)
+    assert all(ledger.reserve(RUN, f"j{i}", 100.0) for i in range(5))
+
+
+def test_the_cap_admits_what_fits_and_a_job_has_one_reservation(ledger: RunLedger) -> None:
+    ledger.open(RUN, folder=FOLDER)
+    ledger.set_cap(RUN, 1.0)
+    assert ledger.reserve(RUN, "a", 0.4)
+    assert ledger.reserve(RUN, "b", 0.4)
+    assert not ledger.reserve(RUN, "c", 0.4)  # 1.2 > 1.0
+    assert ledger.reserve(RUN, "a", 0.4)  # a retry of a replaces its own reservation
+    ledger.settle(RUN, "a", 0.1)  # answered below its estimate: room comes back
+    assert ledger.reserve(RUN, "c", 0.4)
+    counts = ledger.counts(RUN)
+    assert counts is not None
+    assert counts.max_usd == 1.0
+    assert counts.paid_usd == pytest.approx(0.1)
+    assert counts.reserved_usd == pytest.approx(0.8)
+
+
+def test_a_raised_cap_releases_held_jobs_to_the_queue(ledger: RunLedger) -> None:
+    ledger.add_members(RUN, ["a", "b"], folder=FOLDER)
+    ledger.set_cap(RUN, 0.0)
+    ledger.move(RUN, "a", "r", folder=FOLDER)
+    assert not ledger.reserve(RUN, "a", 0.01)
+    ledger.hold(RUN, "a", '{"job_id": "a"}', folder=FOLDER)
+    assert counts_of(ledger) == {"members": 2, "queued": 1, "held": 1}
+    ledger.set_cap(RUN, 5.0)
+    assert ledger.release(RUN) == {"a": '{"job_id": "a"}'}
+    assert ledger.release(RUN) == {}  # released once
+    assert counts_of(ledger) == {"members": 2, "queued": 2}
+    assert ledger.reserve(RUN, "a", 0.01)
+
+
+def test_concurrent_reservations_never_pass_the_cap(ledger: RunLedger) -> None:
+    """Eight threads reserve and settle calls whose cost is at most their estimate: what
+    is paid never passes the cap."""
+    ledger.open(RUN, folder=FOLDER)
+    ledger.set_cap(RUN, 2.0)
+    paid: list[float] = []
+    lock = threading.Lock()
+
+    def worker(index: int) -> None:
+        rng = random.Random(index)
+        for call in range(50):
+            job = f"w{index}-{call}"
+            if ledger.reserve(RUN, job, 0.05):
+                cost = rng.uniform(0.01, 0.05)
+                ledger.settle(RUN, job, cost)
+                with lock:
+                    paid.append(cost)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    counts = ledger.counts(RUN)
+    assert counts is not None
+    assert sum(paid) <= 2.0 + 1e-6
+    assert counts.paid_usd == pytest.approx(sum(paid), abs=1e-5)
+    assert counts.reserved_usd == 0
+    assert sum(paid) > 2.0 - 0.05 - 1e-6  # and the cap is used: within one request of it

@@ -43,6 +43,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_usd(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an amount of dollars") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not allowed: 0 or more dollars")
+    return value
+
+
 def fail(reason: str) -> None:
     print(f"gvw: {reason.splitlines()[0] if reason else 'error'}", file=sys.stderr)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from worker.bridge.cli import add_bridge_parser
-from worker.cli.common import positive_float, positive_int
+from worker.cli.common import non_negative_usd, positive_float, positive_int
 from worker.emulator.options import add_emulator_arguments
 from worker.producers.bulk import IMAGE_SUFFIXES
 
@@ -157,6 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--run-name",
         metavar="NAME",
         help="the run's name (its id starts with it; default: run)",
+    )
+    bulk.add_argument(
+        "--max-usd",
+        type=non_negative_usd,
+        metavar="USD",
+        help="the run's cost cap: it never commits more (plus one request's error), across "
+        "the fleet; jobs past it are held, not failed (gvw runs resume RUN --max-usd N)",
     )
     bulk.add_argument(
         "--new-run",
@@ -360,7 +367,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="only failed jobs with this error code (repeatable); jobs with no record "
         "are then left alone",
     )
-    for one in (runs_list, runs_show, runs_retry):
+    runs_resume = runs_sub.add_parser(
+        "resume",
+        help="set the run's cost cap (--max-usd) and send again the jobs it held",
+    )
+    runs_resume.add_argument("run_id", metavar="RUN", help="the run's id")
+    cap = runs_resume.add_mutually_exclusive_group()
+    cap.add_argument(
+        "--max-usd",
+        type=non_negative_usd,
+        metavar="USD",
+        help="the run's new cap: it never commits more (plus one request's error)",
+    )
+    cap.add_argument("--no-cap", action="store_true", help="lift the run's cap")
+    for one in (runs_list, runs_show, runs_retry, runs_resume):
         one.add_argument(
             "--output",
             metavar="URI",

@@ -136,6 +136,7 @@ def _run_for(
             name=args.run_name,
             template=template,
             source=RunSource(kind="prefix", prefix=prefix, suffixes=list(suffixes)),
+            max_usd=args.max_usd,
         )
         if sent is not None:
             sent.set_open_run(run.run_id)

@@ -1,4 +1,4 @@
-"""`gvw runs list | show | retry`: runs as one thing to watch and retry (docs/runs.md)."""
+"""`gvw runs list | show | retry | resume`: runs as one thing to watch and retry (docs/runs.md)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any, TextIO
 
+from tasks.errors import FleetUnavailable
 from worker.cli.common import EXIT_FAILED, EXIT_OK, fail
 
 # `--watch` looks again this often by default; each look is three Redis reads
@@ -37,7 +38,34 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return _list(store, ledger, results, as_json=args.json)
     if args.runs_command == "show":
         return _show(store, ledger, results, args)
+    if args.runs_command == "resume":
+        return _resume(settings, store, ledger, results, args)
     return _retry(settings, stores, store, ledger, results, args)
+
+
+def _resume(settings: Any, store: Any, ledger: Any, results: str, args: Any) -> int:
+    from worker.producers.producer import send_jobs
+    from worker.producers.runs import resume_run
+
+    definition = store.definition(results, args.run_id)
+    if definition is None:
+        fail(f"no run {args.run_id} under {results} (--output names another results folder)")
+        return EXIT_FAILED
+    if ledger is None:
+        fail("the fleet's Redis (GVW_REDIS_URL) does not answer: held jobs are kept there")
+        return EXIT_FAILED
+    keep = args.max_usd is None and not args.no_cap
+    jobs = resume_run(store, ledger, definition, max_usd=args.max_usd, keep_cap=keep)
+    send_jobs(jobs, broker_url=settings.celery_broker_url)
+    cap = (
+        "no cap"
+        if args.no_cap
+        else f"cap ${args.max_usd:g}"
+        if args.max_usd is not None
+        else "cap unchanged"
+    )
+    print(f"run {args.run_id}: {cap}; sent again {len(jobs)} held jobs")
+    return EXIT_OK
 
 
 def _list(store: Any, ledger: Any, results: str, *, as_json: bool) -> int:
@@ -69,7 +97,17 @@ def _show(store: Any, ledger: Any, results: str, args: argparse.Namespace) -> in
     out = sys.stdout
     drawn = 0
     while True:
-        summary = run_summary(args.run_id, results, ledger, store)
+        try:
+            summary = run_summary(args.run_id, results, ledger, store)
+        except FleetUnavailable as err:
+            if not args.watch:
+                # the run's last summary.json, as any machine with the results reads it
+                summary = run_summary(args.run_id, results, None, store)
+            else:
+                # a watch outlives a Redis restart: it says so and looks again
+                print(f"gvw: {err.message}; looking again", file=sys.stderr, flush=True)
+                time.sleep(args.interval)
+                continue
         if summary is None:
             fail(f"no run {args.run_id} under {results} (--output names another results folder)")
             return EXIT_FAILED

@@ -31,6 +31,7 @@ from tasks.errors import (
 )
 from worker.contract.records import bounded_output
 from worker.fleet.answer_cache import CachedAnswer, Lookup
+from worker.fleet.budget import Reservation
 from worker.gemini import ModelAnswer
 from worker.gemini.records import TokenUsage
 from worker.observability import (
@@ -86,6 +87,10 @@ def park(plan: JobPlan, ports: Ports, acquired: Acquired, timer: StageTimer) -> 
     """Leave the job's request (its images by File API URIs that outlive the batch) for
     the follower to send in a Gemini batch."""
     assert acquired.images is not None and ports.batches is not None
+    estimate = estimate_usd(plan, ports, acquired.image_tokens, batch=True)
+    if plan.capped and plan.job.run is not None:
+        # at the batch price, settled when the batch's answer is published
+        ports.runs.reserve(plan.job.run, plan.job_id, estimate)
     with timer.stage("ask"):  # uploads: a batch request names its images
         sent = acquired.images.sent()
         batch_request = ports.gemini.batch_request(
@@ -102,7 +107,7 @@ def park(plan: JobPlan, ports: Ports, acquired: Acquired, timer: StageTimer) -> 
         model=plan.model,
         fingerprint=plan.fingerprint,
         transports=[s.transport for s in sent],
-        estimate_usd=estimate_usd(plan, ports, acquired.image_tokens, batch=True),
+        estimate_usd=estimate,
         timings_ms={k: round(v * 1000, 1) for k, v in timer.seconds.items()},
         images=[f.to_json() for f in acquired.facts],
         attempt=plan.attempt,
@@ -175,6 +180,12 @@ def _ask(
     def call(sent: list[SentImage]) -> tuple[list[str], ModelAnswer]:
         max_wait_s = settings.gvw_rate_limit_max_wait_s
         reservation = ports.budget.reserve(estimate, max_wait_s=max_wait_s)
+        if plan.capped and plan.job.run is not None:
+            try:
+                ports.runs.reserve(plan.job.run, plan.job_id, estimate)
+            except BaseException:
+                ports.budget.settle(reservation, 0.0)  # nothing was asked
+                raise
         try:
             ports.limiter.acquire(max_wait_s=max_wait_s)
             answer = ports.gemini.generate(
@@ -187,7 +198,7 @@ def _ask(
             # refused before any work (429, 4xx) costs nothing; anything else may have
             # been billed, and keeps its estimate
             refused = isinstance(err, ModelRateLimited | ModelRejected)
-            ports.budget.settle(reservation, 0.0 if refused else estimate)
+            _settle(plan, ports, reservation, 0.0 if refused else estimate)
             if err.details.get("local"):
                 raise  # the fleet's own rate limit: Gemini was not called
             MODEL_CALLS.labels(model_label, err.code).inc()
@@ -196,11 +207,11 @@ def _ask(
                 ports.limiter.cool_down(err.retry_after_s)
             raise
         except BaseException:
-            ports.budget.settle(reservation, estimate)
+            _settle(plan, ports, reservation, estimate)
             raise
         MODEL_CALLS.labels(model_label, "ok").inc()
         cost = answer_cost_usd(ports, plan.model, answer)
-        ports.budget.settle(reservation, cost if cost is not None else estimate)
+        _settle(plan, ports, reservation, cost if cost is not None else estimate)
         if cost is not None:
             COST_USD.labels(model_label).inc(cost)
         TOKENS.labels("prompt").inc(answer.usage.prompt_tokens)
@@ -225,10 +236,17 @@ def _ask(
     return call(sent)
 
 
+def _settle(plan: JobPlan, ports: Ports, reservation: Reservation | None, cost: float) -> None:
+    """A call's reservations settled: the day's budget's, and its run's cap's."""
+    ports.budget.settle(reservation, cost)
+    if plan.capped and plan.job.run is not None:
+        ports.runs.settle(plan.job.run, plan.job_id, cost)
+
+
 def estimate_usd(plan: JobPlan, ports: Ports, image_tokens: int, *, batch: bool = False) -> float:
     """What the call is expected to cost (`tasks.pricing.call_estimate_usd`); nothing to
-    reserve without a budget."""
-    if not ports.budget.enabled:
+    reserve without a budget or a run's cap."""
+    if not (ports.budget.enabled or plan.capped):
         return 0.0
     estimate = pricing.call_estimate_usd(
         ports.prices,

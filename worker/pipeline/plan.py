@@ -46,6 +46,8 @@ class JobPlan:
     draws: bool  # detect and segment: the first image's size places the masks
     keeps_pixels: bool  # an overlay is drawn on the first image
     looks_up: bool  # the answer cache is asked before the model
+    results: str  # the results folder (the job's output, or GVW_RESULTS_URI)
+    capped: bool  # its run has a cost cap: each call reserves from it
 
     @property
     def job_id(self) -> str:
@@ -63,12 +65,6 @@ def admit(job: Job, ports: Ports, *, attempt: int = 1) -> JobPlan:
     model = job.model or settings.gvw_model
     # a resolution this model does not take is the job's error, found before any I/O
     media_resolution_for(model, job.options.media_resolution)
-    if ports.budget.enabled and ports.prices.price_of(model) is None:
-        raise InvalidJob(
-            f"model {model[:200]!r} has no price in the price table, and this fleet "
-            "spends within a budget (GVW_BUDGET_USD_PER_DAY): add it with GVW_PRICES_FILE",
-            field="model",
-        )
     # Every URI is checked before any is read: one bad URI refuses the whole job. The
     # parsed spelling is what the I/O below uses (worker.storage.uris: one parser).
     output = (
@@ -76,6 +72,19 @@ def admit(job: Job, ports: Ports, *, attempt: int = 1) -> JobPlan:
         if job.output is not None
         else None
     )
+    results = output or settings.gvw_results_uri
+    capped = ports.runs.capped(job.run, results)
+    if (ports.budget.enabled or capped) and ports.prices.price_of(model) is None:
+        raise InvalidJob(
+            f"model {model[:200]!r} has no price in the price table, and this job "
+            + (
+                f"is counted in a run with a cost cap ({job.run})"
+                if capped
+                else "spends within a budget (GVW_BUDGET_USD_PER_DAY)"
+            )
+            + ": add it with GVW_PRICES_FILE",
+            field="model",
+        )
     input_uris = tuple(
         check_allowed(uri, settings.allowed_input_prefixes, role="input").text for uri in job.images
     )
@@ -106,6 +115,8 @@ def admit(job: Job, ports: Ports, *, attempt: int = 1) -> JobPlan:
         keeps_pixels=draws and job.options.overlay,
         # the answer cache is looked up once every image is known (by its bytes as sent)
         looks_up=ports.answer_cache.enabled and not job.options.fresh,
+        results=results,
+        capped=capped,
     )
 
 

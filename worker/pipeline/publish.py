@@ -96,6 +96,9 @@ def publish(
             ),
             run=job.run,
         )
+        if answer.batch and plan.capped and job.run is not None:
+            # the batch's answer is paid: its reservation under the run's cap settles
+            ports.runs.settle(job.run, job.job_id, record.usage.cost_usd or 0.0)
         result_uri = join_uri(plan.folder, RESULT_NAME)
         created = ports.stores.create_exclusive(
             result_uri, record.to_json_bytes(), content_type=JSON_TYPE

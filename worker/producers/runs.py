@@ -9,6 +9,7 @@ the membership is complete, after which the run's last end finishes it.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -128,7 +129,26 @@ def start_run(
         raise InvalidJob(f"run {definition.run_id} exists already")
     if ledger is not None:
         ledger.open(definition.run_id, folder=results)
+        ledger.set_cap(definition.run_id, max_usd)
     return RunWriter(definition, store, ledger)
+
+
+def resume_run(
+    store: RunStore,
+    ledger: RunLedger,
+    definition: RunDefinition,
+    *,
+    max_usd: float | None,
+    keep_cap: bool,
+) -> list[dict[str, Any]]:
+    """Set the run's cap (`max_usd`; None lifts it, unless `keep_cap`) in run.json and in
+    the fleet, and return the jobs its cap held, no longer held (to be sent again)."""
+    if not keep_cap:
+        definition = definition.model_copy(update={"max_usd": max_usd})
+        store.update(definition)
+        ledger.set_cap(definition.run_id, max_usd)
+    released = ledger.release(definition.run_id)
+    return [json.loads(job) for job in released.values()]
 
 
 def continue_run(

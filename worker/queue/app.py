@@ -8,6 +8,7 @@ setting below makes a lost or failed delivery come back rather than vanish.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -35,12 +36,19 @@ from tasks.errors import (
     InvalidJob,
     PermanentError,
     RecordNotWritten,
+    RunCapReached,
     WorkerLost,
 )
 from tasks.retry_policy import RetryPolicy, is_outage, is_waiting
 from worker import runtime
 from worker.batch.follower import BatchRunner
-from worker.contract.jobs import JOB_ID_PATTERN, new_job_id, parse_job, salvage_identity
+from worker.contract.jobs import (
+    JOB_ID_PATTERN,
+    Job,
+    new_job_id,
+    parse_job,
+    salvage_identity,
+)
 from worker.contract.names import QUEUE, TASK_NAME
 from worker.contract.records import Outcome
 from worker.observability import (
@@ -354,6 +362,7 @@ def analyze(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
             job=job,
             fingerprint=job_fingerprint(parsed, ports.settings),
         )
+    error: GvwError
     try:
         outcome = run(parsed, ports, attempt=retries + 1)
         job_ended(ports, parsed, outcome, output=parsed.output)
@@ -361,6 +370,11 @@ def analyze(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return _ended(outcome, parsed.task)
     except RecordNotWritten as err:
         return _retry_record(self, ports, parsed.job_id, parsed.task, err)
+    except RunCapReached as err:
+        try:
+            return _hold(ports, parsed, job, err)
+        except FleetUnavailable as away:
+            error = away
     except GvwError as err:
         error = err
     except SoftTimeLimitExceeded:
@@ -381,6 +395,20 @@ def analyze(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         job=job,
         fingerprint=job_fingerprint(parsed, ports.settings),
     )
+
+
+def _hold(ports: Ports, parsed: Job, job: Any, err: RunCapReached) -> dict[str, Any]:
+    """The job's run has no room left under its cost cap: the job is kept with the run
+    (neither retried nor failed) and its message acknowledged; `gvw runs resume` sends it
+    again."""
+    assert parsed.run is not None
+    results = parsed.output or ports.settings.gvw_results_uri
+    ports.runs.hold(parsed.run, parsed.job_id, json.dumps(job), results=results)
+    log.info(
+        "job held by its run's cost cap",
+        extra={"job_id": parsed.job_id, "run": parsed.run, "error_message": err.message},
+    )
+    return {"job_id": parsed.job_id, "status": "held", "uri": "", "already_done": False}
 
 
 def _count_wait(ports: Ports, job_id: str) -> None:

@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from tasks.errors import FleetUnavailable, GvwError
+from tasks.errors import FleetUnavailable, GvwError, RunCapReached
 from worker.runs.ledger import RunLedger, failed_state
 from worker.runs.records import RunDefinition, RunSummary, summary_uri
 from worker.runs.status import summarize
@@ -53,7 +53,8 @@ class RunBook:
         try:
             self.ledger.move(run_id, job_id, state, folder=results)
         except FleetUnavailable as err:
-            log.info(
+            # the outage itself is logged once (worker.queue.outage_log), not per job
+            log.debug(
                 "run progress not counted: the fleet's Redis does not answer",
                 extra={"job_id": job_id, "run": run_id, "error_message": err.message},
             )
@@ -117,3 +118,32 @@ class RunBook:
                 self._definitions.pop(next(iter(self._definitions)))
             self._definitions[run_id] = (now, found)
         return found
+
+    # --- the run's cost cap (docs/runs.md) -------------------------------------------------
+
+    def capped(self, run_id: str | None, results: str) -> bool:
+        """Whether the run has a cost cap (its run.json's `max_usd`, read at most every
+        30 s per process): only then does a call reserve from it, so runs without a cap
+        cost the fleet no more Redis work."""
+        if run_id is None:
+            return False
+        definition = self.definition(run_id, results)
+        return definition is not None and definition.max_usd is not None
+
+    def reserve(self, run_id: str, job_id: str, estimate_usd: float) -> None:
+        """Reserve a call's estimate under the run's cap, or `RunCapReached` (the job is
+        held). The run never commits more than its cap plus one request's error."""
+        if not self.ledger.reserve(run_id, job_id, estimate_usd):
+            raise RunCapReached(
+                f"run {run_id} has no room left under its cost cap for this request "
+                f"(${estimate_usd:.6f}): the job is held until `gvw runs resume {run_id} "
+                "--max-usd N`",
+                run=run_id,
+            )
+
+    def settle(self, run_id: str, job_id: str, cost_usd: float) -> None:
+        self.ledger.settle(run_id, job_id, cost_usd)
+
+    def hold(self, run_id: str, job_id: str, job: str, *, results: str) -> None:
+        """Keep the job until the run resumes (`RunLedger.release`)."""
+        self.ledger.hold(run_id, job_id, job, folder=results)

@@ -9,7 +9,7 @@ delivery, whatever the number of workers.
 
     gvw:run:{run_id}:jobs     hash  job_id -> state (below)
     gvw:run:{run_id}:counts   hash  state -> jobs in it
-    gvw:run:{run_id}:meta     hash  members, sealed, finished_at, spent_micro, folder, ...
+    gvw:run:{run_id}:meta     hash  members, sealed, finished_at, spent_nano, folder, ...
     gvw:run:{run_id}:minutes  hash  UTC minute -> jobs that ended in it (the rate, the ETA)
     gvw:run:{run_id}:summary  string, the summary.json writer's turn (SET NX PX)
 
@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-MICRO = 1_000_000
+NANO = 1_000_000_000
 # a job leaves an ended state (its record is written once) only when a retry reopens it
 LIVE_STATES = ("q", "r", "w", "b", "h")
 SUCCEEDED = "s"
@@ -84,6 +84,9 @@ class RunCounts:
     ended_per_minute: Mapping[int, int] = field(default_factory=dict)  # UTC minute -> ends
     folder: str | None = None
     round: int = 0  # how often a retry reopened the finished run
+    max_usd: float | None = None  # the cap
+    paid_usd: float = 0.0  # what the run's calls cost, as they were answered
+    reserved_usd: float = 0.0  # estimates of the calls under way
 
     @property
     def failed(self) -> int:
@@ -114,12 +117,15 @@ def counts_from(
         members=int(meta.get("members", 0)),
         by_state=by_state,
         failed_by_code=dict(sorted(failed.items())),
-        spent_usd=int(meta.get("spent_micro", 0)) / MICRO,
+        spent_usd=int(meta.get("spent_nano", 0)) / NANO,
         sealed=meta.get("sealed") == "1",
         finished_at=float(finished) if finished else None,
         ended_per_minute=dict(minutes),
         folder=meta.get("folder") or None,
         round=int(meta.get("round", 0)),
+        max_usd=int(meta["cap_nano"]) / NANO if "cap_nano" in meta else None,
+        paid_usd=int(meta.get("paid_nano", 0)) / NANO,
+        reserved_usd=int(meta.get("reserved_nano", 0)) / NANO,
     )
 
 
@@ -171,6 +177,30 @@ class RunLedger(Protocol):
         saying `finished`."""
         ...
 
+    # --- the run's cost cap ---------------------------------------------------------------
+
+    def set_cap(self, run_id: str, max_usd: float | None) -> None:
+        """The most the run may commit (None: no cap)."""
+        ...
+
+    def reserve(self, run_id: str, job_id: str, estimate_usd: float) -> bool:
+        """Reserve a call's estimate under the run's cap: False when the run's paid and
+        reserved amounts plus it would pass the cap. A job has one reservation: a new one
+        (a retry, a redelivery after a crash) replaces its last."""
+        ...
+
+    def settle(self, run_id: str, job_id: str, cost_usd: float) -> None:
+        """The job's call is answered (or failed): its reservation goes, `cost_usd` is paid."""
+        ...
+
+    def hold(self, run_id: str, job_id: str, job: str, *, folder: str) -> None:
+        """Keep a job the cap holds (its message as sent, JSON) until `release`."""
+        ...
+
+    def release(self, run_id: str) -> dict[str, str]:
+        """Every held job (job id -> its JSON), no longer held: queued again."""
+        ...
+
 
 _FINISHED_LUA = """
 local function finished_check(meta)
@@ -188,7 +218,7 @@ local function ended(s) return s == 's' or (s and string.sub(s, 1, 2) == 'f:') e
 """
 
 # KEYS[1] jobs, KEYS[2] counts, KEYS[3] meta, KEYS[4] minutes
-# ARGV[1] job, ARGV[2] new state, ARGV[3] cost (micro-USD), ARGV[4] ttl s, ARGV[5] folder
+# ARGV[1] job, ARGV[2] new state, ARGV[3] cost (nano-USD), ARGV[4] ttl s, ARGV[5] folder
 # Returns {moved, finished}.
 _MOVE_LUA = (
     _FINISHED_LUA
@@ -209,7 +239,7 @@ redis.call('HINCRBY', KEYS[2], new, 1)
 if ended(new) then
     local t = redis.call('TIME')
     redis.call('HINCRBY', KEYS[4], tostring(math.floor(tonumber(t[1]) / 60)), 1)
-    redis.call('HINCRBY', KEYS[3], 'spent_micro', tonumber(ARGV[3]))
+    redis.call('HINCRBY', KEYS[3], 'spent_nano', tonumber(ARGV[3]))
     redis.call('HINCRBY', KEYS[3], 'ended', 1)
 end
 for i = 1, 4 do redis.call('EXPIRE', KEYS[i], tonumber(ARGV[4])) end
@@ -269,13 +299,59 @@ return {1, finished_check(KEYS[1])}
 )
 
 
+# The cap (nano-USD). KEYS[1] meta, KEYS[2] reservations (job -> nano-USD);
+# ARGV[1] job, ARGV[2] estimate, ARGV[3] ttl s. Returns 1 when reserved (or no cap).
+_RESERVE_LUA = """
+local cap = redis.call('HGET', KEYS[1], 'cap_nano')
+if not cap then return 1 end
+local old = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+local paid = tonumber(redis.call('HGET', KEYS[1], 'paid_nano') or '0')
+local reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved_nano') or '0')
+local estimate = tonumber(ARGV[2])
+if paid + reserved - old + estimate > tonumber(cap) then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], estimate)
+redis.call('HINCRBY', KEYS[1], 'reserved_nano', estimate - old)
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
+return 1
+"""
+
+# KEYS as above; ARGV[1] job, ARGV[2] cost
+_SETTLE_LUA = """
+local old = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'reserved_nano', -old)
+redis.call('HINCRBY', KEYS[1], 'paid_nano', tonumber(ARGV[2]))
+return 1
+"""
+
+# KEYS[1] jobs, KEYS[2] counts, KEYS[3] held (job -> JSON); every held job back to
+# queued. Returns the held jobs, flat (job, JSON, ...).
+_RELEASE_LUA = """
+local held = redis.call('HGETALL', KEYS[3])
+for i = 1, #held, 2 do
+    if redis.call('HGET', KEYS[1], held[i]) == 'h' then
+        redis.call('HSET', KEYS[1], held[i], 'q')
+        redis.call('HINCRBY', KEYS[2], 'h', -1)
+        redis.call('HINCRBY', KEYS[2], 'q', 1)
+    end
+end
+redis.call('DEL', KEYS[3])
+return held
+"""
+
+
 def _keys(run_id: str) -> list[str]:
     base = f"gvw:run:{run_id}:"
     return [base + "jobs", base + "counts", base + "meta", base + "minutes"]
 
 
-def _micro(usd: float) -> int:
-    return max(0, round(usd * MICRO))
+def _cap_keys(run_id: str) -> list[str]:
+    base = f"gvw:run:{run_id}:"
+    return [base + "meta", base + "reserved", base + "held"]
+
+
+def _nano(usd: float) -> int:
+    return max(0, round(usd * NANO))
 
 
 def _text(value: Any) -> str:
@@ -290,6 +366,9 @@ class RedisRunLedger:
         self._add = client.register_script(_ADD_LUA)
         self._reopen = client.register_script(_REOPEN_LUA)
         self._seal = client.register_script(_SEAL_LUA)
+        self._reserve = client.register_script(_RESERVE_LUA)
+        self._settle = client.register_script(_SETTLE_LUA)
+        self._release = client.register_script(_RELEASE_LUA)
 
     def open(self, run_id: str, *, folder: str) -> None:
         self._add(keys=_keys(run_id), args=[self._ttl_s, folder, "q"])
@@ -306,7 +385,7 @@ class RedisRunLedger:
         self, run_id: str, job_id: str, state: str, *, folder: str, cost_usd: float = 0.0
     ) -> Move:
         moved, finished = self._move(
-            keys=_keys(run_id), args=[job_id, state, _micro(cost_usd), self._ttl_s, folder]
+            keys=_keys(run_id), args=[job_id, state, _nano(cost_usd), self._ttl_s, folder]
         )
         return Move(bool(moved), bool(finished))
 
@@ -342,6 +421,35 @@ class RedisRunLedger:
     def final_written(self, run_id: str) -> None:
         self._redis.hset(_keys(run_id)[2], "final", "1")
 
+    def set_cap(self, run_id: str, max_usd: float | None) -> None:
+        meta = _keys(run_id)[2]
+        if max_usd is None:
+            self._redis.hdel(meta, "cap_nano")
+        else:
+            self._redis.hset(meta, "cap_nano", _nano(max_usd))
+
+    def reserve(self, run_id: str, job_id: str, estimate_usd: float) -> bool:
+        meta, reserved, _ = _cap_keys(run_id)
+        args = [job_id, _nano(estimate_usd), self._ttl_s]
+        return bool(self._reserve(keys=[meta, reserved], args=args))
+
+    def settle(self, run_id: str, job_id: str, cost_usd: float) -> None:
+        meta, reserved, _ = _cap_keys(run_id)
+        self._settle(keys=[meta, reserved], args=[job_id, _nano(cost_usd)])
+
+    def hold(self, run_id: str, job_id: str, job: str, *, folder: str) -> None:
+        held = _cap_keys(run_id)[2]
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hset(held, job_id, job)
+        pipe.expire(held, self._ttl_s)
+        pipe.execute()
+        self.move(run_id, job_id, "h", folder=folder)
+
+    def release(self, run_id: str) -> dict[str, str]:
+        jobs, counts, _, _ = _keys(run_id)
+        flat = self._release(keys=[jobs, counts, _cap_keys(run_id)[2]])
+        return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
+
 
 class LocalRunLedger:
     """In memory, for one process without Redis (`gvw demo`, the pipeline's fast tests):
@@ -353,6 +461,8 @@ class LocalRunLedger:
         self._meta: dict[str, dict[str, str]] = {}
         self._minutes: dict[str, Counter[int]] = {}
         self._turns: dict[str, float] = {}
+        self._reservations: dict[str, dict[str, int]] = {}
+        self._held: dict[str, dict[str, str]] = {}
 
     def _run(self, run_id: str, folder: str) -> tuple[dict[str, str], dict[str, str]]:
         meta = self._meta.setdefault(run_id, {"members": "0", "ended": "0"})
@@ -409,7 +519,7 @@ class LocalRunLedger:
             jobs[job_id] = state
             if is_ended(state):
                 self._minutes[run_id][int(time.time() // 60)] += 1
-                self._bump(meta, "spent_micro", _micro(cost_usd))
+                self._bump(meta, "spent_nano", _nano(cost_usd))
                 self._bump(meta, "ended", 1)
             return Move(True, self._finish(meta))
 
@@ -455,3 +565,47 @@ class LocalRunLedger:
     def final_written(self, run_id: str) -> None:
         with self._mutex:
             self._run(run_id, "")[1]["final"] = "1"
+
+    def set_cap(self, run_id: str, max_usd: float | None) -> None:
+        with self._mutex:
+            meta = self._run(run_id, "")[1]
+            if max_usd is None:
+                meta.pop("cap_nano", None)
+            else:
+                meta["cap_nano"] = str(_nano(max_usd))
+
+    def reserve(self, run_id: str, job_id: str, estimate_usd: float) -> bool:
+        with self._mutex:
+            meta = self._run(run_id, "")[1]
+            if "cap_nano" not in meta:
+                return True
+            held = self._reservations.setdefault(run_id, {})
+            old = held.get(job_id, 0)
+            estimate = _nano(estimate_usd)
+            paid, reserved = int(meta.get("paid_nano", 0)), int(meta.get("reserved_nano", 0))
+            if paid + reserved - old + estimate > int(meta["cap_nano"]):
+                return False
+            held[job_id] = estimate
+            self._bump(meta, "reserved_nano", estimate - old)
+            return True
+
+    def settle(self, run_id: str, job_id: str, cost_usd: float) -> None:
+        with self._mutex:
+            meta = self._run(run_id, "")[1]
+            old = self._reservations.setdefault(run_id, {}).pop(job_id, 0)
+            self._bump(meta, "reserved_nano", -old)
+            self._bump(meta, "paid_nano", _nano(cost_usd))
+
+    def hold(self, run_id: str, job_id: str, job: str, *, folder: str) -> None:
+        with self._mutex:
+            self._held.setdefault(run_id, {})[job_id] = job
+        self.move(run_id, job_id, "h", folder=folder)
+
+    def release(self, run_id: str) -> dict[str, str]:
+        with self._mutex:
+            held = self._held.pop(run_id, {})
+            jobs = self._jobs.get(run_id, {})
+            for job_id in held:
+                if jobs.get(job_id) == "h":
+                    jobs[job_id] = "q"
+            return held

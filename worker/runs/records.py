@@ -125,8 +125,9 @@ class RunSummary(BaseModel):
     members: int
     counts: dict[str, int]  # queued, running, waiting, batched, held, succeeded, failed
     failed_by_code: dict[str, int]
-    spent_usd: float
+    spent_usd: float  # what the ended jobs' answers cost
     max_usd: float | None = None
+    reserved_usd: float = 0.0  # estimates of calls under way, held against the cap
     rate_per_min: float  # jobs ended per minute, over the last few minutes
     eta_s: float | None  # time left at that rate (None: no rate yet, or not sealed)
     created_at: str | None = None

@@ -41,7 +41,10 @@ def summarize(
         counts={**counts.by_state, "failed": counts.failed},
         failed_by_code=dict(counts.failed_by_code),
         spent_usd=round(counts.spent_usd, 6),
-        max_usd=definition.max_usd if definition else None,
+        max_usd=counts.max_usd
+        if counts.max_usd is not None
+        else (definition.max_usd if definition else None),
+        reserved_usd=round(counts.reserved_usd, 6),
         rate_per_min=round(rate, 3),
         eta_s=round(eta_s, 1) if eta_s is not None else None,
         created_at=definition.created_at if definition else None,
