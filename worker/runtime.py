@@ -16,6 +16,8 @@ from collections.abc import Callable
 from PIL import Image
 
 from tasks import registry
+from worker.events.emitter import EventHub
+from worker.events.outbox import LocalOutbox, Outbox, RedisOutbox
 from worker.fleet.answer_cache import AnswerCache, LocalAnswerCache, NoAnswerCache, RedisAnswerCache
 from worker.fleet.answer_store import AnswerStore, LocalAnswerStore, RedisAnswerStore
 from worker.fleet.batch_store import Batches, BatchStore, LocalBatchStore
@@ -67,6 +69,7 @@ def build_ports(settings: Settings, *, local: bool = False) -> Ports:
         answer_cache: AnswerCache = LocalAnswerCache(
             ttl_s=settings.gvw_answer_cache_ttl_s, lead_ttl_s=settings.gvw_hard_time_limit_s
         )
+        outbox: Outbox = LocalOutbox()
     else:
         client = fleet_client(
             settings.gvw_redis_url,
@@ -105,6 +108,7 @@ def build_ports(settings: Settings, *, local: bool = False) -> Ports:
             # past the task's hard limit: a live leader always holds it to the end
             lead_ttl_s=settings.gvw_hard_time_limit_s,
         )
+        outbox = RedisOutbox(client)
     if settings.gvw_answer_cache_ttl_s == 0:
         answer_cache = NoAnswerCache()
     if settings.gvw_budget_usd_per_day == 0:
@@ -130,6 +134,7 @@ def build_ports(settings: Settings, *, local: bool = False) -> Ports:
         prices=load_prices(settings.gvw_prices_file),
         answer_cache=answer_cache,
         budget=budget,
+        events=EventHub(outbox, settings),
         batches=batches,
         refusals=refusals,
     )

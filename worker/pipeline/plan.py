@@ -69,6 +69,9 @@ def admit(job: Job, ports: Ports, *, attempt: int = 1) -> JobPlan:
             "spends within a budget (GVW_BUDGET_USD_PER_DAY): add it with GVW_PRICES_FILE",
             field="model",
         )
+    if job.notify:
+        # where the job's end is told: only destinations the fleet's allow-list permits
+        ports.events.check(job.notify)
     # Every URI is checked before any is read: one bad URI refuses the whole job. The
     # parsed spelling is what the I/O below uses (worker.storage.uris: one parser).
     output = (

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tasks.pricing import PriceTable
+from worker.events.emitter import Events
 from worker.fleet.answer_cache import AnswerCache
 from worker.fleet.answer_store import AnswerStore
 from worker.fleet.batch_store import Batches
@@ -47,6 +48,8 @@ class Ports:
     prices: PriceTable
     answer_cache: AnswerCache
     budget: Budget
+    # completion events: `emit(event, destinations)`, `check(notify)` (`worker.events`)
+    events: Events
     # batch mode's state (None without Redis: batch mode is then refused)
     batches: Batches | None = None
     # jobs refused because their id belongs to another job (`worker.fleet.refusals`)

@@ -110,10 +110,17 @@ def publish(
                 record_uri=result_uri,
                 already_done=True,
                 timings_s=timer.seconds,
+                cost_usd=record.usage.cost_usd,
+                fingerprint=plan.fingerprint,
             )
     log.info("job committed", extra={"job_id": job.job_id, "task": job.task, "uri": result_uri})
     return Outcome(
-        job_id=job.job_id, status="succeeded", record_uri=result_uri, timings_s=timer.seconds
+        job_id=job.job_id,
+        status="succeeded",
+        record_uri=result_uri,
+        timings_s=timer.seconds,
+        cost_usd=record.usage.cost_usd,
+        fingerprint=plan.fingerprint,
     )
 
 

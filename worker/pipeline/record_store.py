@@ -6,7 +6,7 @@ from typing import Final
 
 from tasks.errors import JobIdConflict
 from worker.contract.layout import ERROR_NAME, RESULT_NAME
-from worker.contract.records import Outcome, read_record
+from worker.contract.records import ErrorRecord, Outcome, ResultRecord, read_record
 from worker.storage import join_uri
 from worker.storage.port import Stores
 
@@ -25,12 +25,18 @@ def finished(stores: Stores, job_id: str, folder: str, fingerprint: str) -> Outc
     uri = result_uri if has_result else error_uri
     # the records say which job they belong to: another job under the same id (in the
     # same folder) must not pass for this one, nor read them
-    owner = read_record(stores.get_bytes(uri, max_bytes=RECORD_READ_MAX_BYTES)).fingerprint
+    record = read_record(stores.get_bytes(uri, max_bytes=RECORD_READ_MAX_BYTES))
+    owner = record.fingerprint
     if owner is not None and owner != fingerprint:  # records older than fingerprints: ours
         raise JobIdConflict(job_id, holder_folder=folder)
+    # what the job's completion event says, read from the record: a redelivery emits
+    # the same event the first run did (or would have, had the fleet's Redis answered)
     return Outcome(
         job_id=job_id,
         status="succeeded" if has_result else "failed",
         record_uri=uri,
         already_done=True,
+        cost_usd=record.usage.cost_usd if isinstance(record, ResultRecord) else None,
+        error_code=record.error.code if isinstance(record, ErrorRecord) else None,
+        fingerprint=fingerprint,
     )
