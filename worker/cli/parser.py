@@ -63,6 +63,7 @@ examples:
   gvw emulator --port 8765                   # a local Gemini REST emulator
   gvw files list ; gvw files purge --all     # File API uploads shared by the fleet
   gvw dead-letters list ; gvw dead-letters replay a-0001
+  gvw events list --failed ; gvw events redeliver --all-failed   # completion events
   gvw doctor                                 # is this deployment ready? one line per check
   gvw bridge sqs --queue-url URL --rules rules.json   # S3 upload events -> jobs
 
@@ -333,5 +334,29 @@ def build_parser() -> argparse.ArgumentParser:
     dead_replay = dead_sub.add_parser("replay", help="re-enqueue jobs with their job ids")
     dead_replay.add_argument(
         "job_ids", metavar="JOB_ID", nargs="+", help="dead-lettered jobs to send again"
+    )
+    events = sub.add_parser(
+        "events",
+        help="completion events (a job's notify): list, redeliver",
+        description="Deliveries of completion events kept in GVW_REDIS_URL (docs/events.md): "
+        "each event to each destination, its state (pending, delivered, failed), attempts "
+        "and last error. Redeliver puts failed (or delivered) deliveries back with no "
+        "attempts used; the workers send them.",
+    )
+    events_sub = events.add_subparsers(dest="events_command", metavar="ACTION", required=True)
+    events_list = events_sub.add_parser("list", help="the newest deliveries, newest first")
+    events_list.add_argument(
+        "--failed", action="store_true", help="only those that used their attempts"
+    )
+    events_list.add_argument(
+        "--limit", type=positive_int, default=100, metavar="N", help="at most N (default 100)"
+    )
+    events_list.add_argument("--json", action="store_true", help="print JSON lines")
+    redeliver = events_sub.add_parser("redeliver", help="deliver events again")
+    redeliver.add_argument(
+        "event_ids", metavar="EVENT_ID", nargs="*", help="events (evt_...) to deliver again"
+    )
+    redeliver.add_argument(
+        "--all-failed", action="store_true", help="every delivery that used its attempts"
     )
     return parser
