@@ -270,3 +270,14 @@ def test_a_name_that_does_not_resolve_is_a_failed_attempt() -> None:
     dest = parse_destination("https://nowhere.example.com/gvw/a")
     with pytest.raises(ConnectionError, match="cannot resolve"):
         pinned_addresses(dest, route("https://nowhere.example.com/"), fails)
+
+
+def test_doctor_lists_the_allowed_prefixes_never_their_secrets() -> None:
+    from worker.cli.doctor import _notify
+
+    allowed = Settings(gvw_notify_destinations=ALLOW)
+    lines = [check.line() for check in _notify(allowed, None)]  # type: ignore[arg-type]
+    assert "4 destination prefixes allowed" in lines[0] and "sqs:gvw-" in lines[0]
+    assert not any(SECRET in line for line in lines)
+    none = [check.line() for check in _notify(Settings(), None)]  # type: ignore[arg-type]
+    assert "no destinations allowed" in none[0]
