@@ -111,9 +111,11 @@ class Fleet:
         self.callbacks = callbacks
 
     def job(self, notify: list[str]) -> str:
+        return self.stack.submit({"task": "caption", "images": [self.image()], "notify": notify})
+
+    def image(self) -> str:
         scene = make_scene(96, 64, shapes=["red circle"], seed=1)
-        uri = self.stack.put(f"events/{uuid.uuid4().hex}.png", scene.png_bytes())
-        return self.stack.submit({"task": "caption", "images": [uri], "notify": notify})
+        return self.stack.put(f"events/{uuid.uuid4().hex}.png", scene.png_bytes())
 
     def gvw(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -358,7 +360,10 @@ def test_a_failed_event_is_listed_and_redelivered(impatient: Fleet) -> None:
     hook = impatient.hooks["hook"]
     hook.down = True
     try:
-        job_id = impatient.job([hook.url + "late"])
+        # sent by the command line this time: gvw submit --notify
+        sent = impatient.gvw("submit", "caption", impatient.image(), "--notify", hook.url + "late")
+        assert sent.returncode == 0, sent.stderr
+        job_id = sent.stdout.strip()
         assert impatient.stack.record(job_id)["status"] == "succeeded"
 
         def failed() -> list[dict[str, Any]]:

@@ -113,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_job_arguments(submit, for_each="the job's")
     submit.add_argument(
+        "--notify",
+        action="append",
+        dest="notify",
+        metavar="DEST",
+        help="tell DEST when the job is done (repeat, up to 5): https://..., sqs:QUEUE, "
+        "sns:TOPIC_ARN or celery:QUEUE/TASK, under GVW_NOTIFY_DESTINATIONS (docs/events.md)",
+    )
+    submit.add_argument(
         "--job-id",
         metavar="ID",
         help="idempotency key ([A-Za-z0-9][A-Za-z0-9._-]{0,127}); generated when absent",
