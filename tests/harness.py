@@ -176,6 +176,9 @@ class MotoServer:
     def env(self) -> dict[str, str]:
         return {
             "AWS_ENDPOINT_URL_S3": self.endpoint,
+            # moto's server answers SQS and SNS at the same endpoint (completion events)
+            "AWS_ENDPOINT_URL_SQS": self.endpoint,
+            "AWS_ENDPOINT_URL_SNS": self.endpoint,
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1",

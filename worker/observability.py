@@ -47,6 +47,14 @@ URL_FALLBACKS = Counter(
     ["reason"],
 )
 DEAD_LETTERS = Counter("gvw_dead_letters_total", "Jobs that ended in error.json", ["code"])
+EVENTS = Counter(
+    "gvw_events_total",
+    "Completion events emitted, by outcome (added, duplicate, refused)",
+    ["outcome"],
+)
+EVENT_DELIVERIES = Counter(
+    "gvw_event_deliveries_total", "Event delivery attempts, by outcome", ["outcome"]
+)
 
 _server_started = False
 

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from PIL import Image
 
 from tasks import registry
+from worker.events.emitter import EventHub
+from worker.events.outbox import LocalOutbox, Outbox, RedisOutbox
 from worker.fleet.answer_cache import AnswerCache, LocalAnswerCache, NoAnswerCache, RedisAnswerCache
 from worker.fleet.answer_store import AnswerStore, LocalAnswerStore, RedisAnswerStore
 from worker.fleet.batch_store import Batches, BatchStore, LocalBatchStore
@@ -70,6 +72,7 @@ def build_ports(settings: Settings, *, local: bool = False) -> Ports:
             ttl_s=settings.gvw_answer_cache_ttl_s, lead_ttl_s=settings.gvw_hard_time_limit_s
         )
         ledger: RunLedger = LocalRunLedger()
+        outbox: Outbox = LocalOutbox()
     else:
         client = fleet_client(
             settings.gvw_redis_url,
@@ -109,6 +112,7 @@ def build_ports(settings: Settings, *, local: bool = False) -> Ports:
             lead_ttl_s=settings.gvw_hard_time_limit_s,
         )
         ledger = RedisRunLedger(client, ttl_s=settings.gvw_run_ttl_s)
+        outbox = RedisOutbox(client)
     if settings.gvw_answer_cache_ttl_s == 0:
         answer_cache = NoAnswerCache()
     if settings.gvw_budget_usd_per_day == 0:
@@ -136,6 +140,7 @@ def build_ports(settings: Settings, *, local: bool = False) -> Ports:
         answer_cache=answer_cache,
         budget=budget,
         runs=RunBook(ledger, stores, summary_every_s=settings.gvw_run_summary_every_s),
+        events=EventHub(outbox, settings),
         batches=batches,
         refusals=refusals,
     )

@@ -6,10 +6,15 @@ documented in the README. Time values carry their unit in the name.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import json
 import types
 import typing
+from dataclasses import dataclass
 from functools import lru_cache
+from ipaddress import ip_address
 from typing import Any, Literal
 
 from annotated_types import Ge, Gt, Le, Lt
@@ -24,10 +29,131 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Completion events (worker/events/, docs/events.md): the allow-list's bounds
+NOTIFY_MAX_PREFIXES = 100
+NOTIFY_PREFIX_MAX_CHARS = 1024
+NOTIFY_KINDS = ("https://", "http://", "sqs:", "sns:", "celery:")
+# the fleet's job queue (worker.contract.names.QUEUE, which this room may not import):
+# no event goes there
+FLEET_QUEUE = "vision"
+# an allow-list entry's options: a webhook's signing secret, and whether a host it names
+# by a DNS name may resolve to a private, loopback or link-local address (internal services)
+_NOTIFY_OPTIONS = frozenset({"secret", "allow_private_addresses"})
+
 
 class SettingsInvalid(ValueError):
     """The environment holds a setting the worker cannot use. The message is one line
     that names the variable, what is wrong with its value, and what is allowed."""
+
+
+@dataclass(frozen=True)
+class NotifyRoute:
+    """One allow-list entry of GVW_NOTIFY_DESTINATIONS: destinations starting with
+    ``prefix`` may be named by a job's ``notify``. ``secret`` signs a webhook's events
+    (a SecretStr: never shown by a repr, a log line or an error message)."""
+
+    prefix: str
+    secret: SecretStr | None = None
+    allow_private_addresses: bool = False
+
+    @property
+    def is_webhook(self) -> bool:
+        return self.prefix.startswith(("https://", "http://"))
+
+    @property
+    def host(self) -> str | None:
+        """A webhook prefix's host (lower case, an IPv6 address without brackets)."""
+        if not self.is_webhook:
+            return None
+        netloc = self.prefix.split("://", 1)[1].split("/", 1)[0].lower()
+        if netloc.startswith("["):
+            return netloc[1:].split("]", 1)[0]
+        return netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
+
+
+def parse_notify_routes(text: str) -> tuple[NotifyRoute, ...]:
+    """GVW_NOTIFY_DESTINATIONS's JSON object, checked: ``ValueError`` says what is wrong
+    without repeating a secret."""
+    if not text.strip():
+        return ()
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(raw, dict):
+        raise ValueError("expected a JSON object of destination prefix -> options")
+    if len(raw) > NOTIFY_MAX_PREFIXES:
+        raise ValueError(f"more than {NOTIFY_MAX_PREFIXES} prefixes")
+    routes = []
+    for prefix, options in raw.items():
+        routes.append(_notify_route(prefix, options))
+    return tuple(routes)
+
+
+def _notify_route(prefix: str, options: Any) -> NotifyRoute:
+    shown = repr(prefix[:80])
+    if not isinstance(options, dict):
+        raise ValueError(f"prefix {shown}: options must be a JSON object (e.g. {{}})")
+    unknown = sorted(str(k)[:40] for k in options if k not in _NOTIFY_OPTIONS)
+    if unknown:
+        raise ValueError(
+            f"prefix {shown}: unknown options {unknown}; allowed: {sorted(_NOTIFY_OPTIONS)}"
+        )
+    if len(prefix) > NOTIFY_PREFIX_MAX_CHARS or any(c.isspace() or ord(c) < 32 for c in prefix):
+        raise ValueError(f"prefix {shown}: too long, or holds spaces or control characters")
+    if not prefix.startswith(NOTIFY_KINDS):
+        raise ValueError(f"prefix {shown}: must start with one of {', '.join(NOTIFY_KINDS)}")
+    allow_private = options.get("allow_private_addresses", False)
+    if not isinstance(allow_private, bool):
+        raise ValueError(f"prefix {shown}: allow_private_addresses must be true or false")
+    secret = options.get("secret")
+    if not prefix.startswith(("https://", "http://")):
+        if secret is not None or allow_private:
+            raise ValueError(f"prefix {shown}: only a webhook prefix takes these options")
+        if prefix.startswith("celery:"):
+            # a celery prefix names its queue whole ("celery:callbacks/"): "celery:" or
+            # "celery:v" would let a job send tasks to any queue, the fleet's own too
+            queue, slash, _ = prefix.removeprefix("celery:").partition("/")
+            if not queue or not slash or queue == FLEET_QUEUE:
+                raise ValueError(
+                    f"prefix {shown}: a celery prefix names a queue other than the fleet's "
+                    f"own ({FLEET_QUEUE}) and ends it with '/' (celery:callbacks/)"
+                )
+        return NotifyRoute(prefix)
+    # a webhook prefix names its host, ended by "/": "https://hooks.example.com" would
+    # also allow "https://hooks.example.com.evil.net/", and "https://" every host
+    rest = prefix.split("://", 1)[1]
+    host, slash, _ = rest.partition("/")
+    if not host or not slash or "@" in host:
+        raise ValueError(
+            f"prefix {shown}: a webhook prefix names a host and ends it with '/' "
+            "(https://hooks.example.com/ or a longer path), with no user name"
+        )
+    if not isinstance(secret, str) or not _is_webhook_secret(secret):
+        raise ValueError(
+            f'prefix {shown}: a webhook prefix needs "secret": "whsec_..." (base64 '
+            "after whsec_, as Standard Webhooks secrets are)"
+        )
+    return NotifyRoute(prefix, SecretStr(secret), allow_private)
+
+
+def _is_webhook_secret(secret: str) -> bool:
+    if not secret.startswith("whsec_"):
+        return False
+    try:
+        key = base64.b64decode(secret.removeprefix("whsec_") + "==", validate=False)
+    except (binascii.Error, ValueError):
+        return False
+    # at least 16 bytes of key (Standard Webhooks: 24 to 64)
+    return len(key) >= 16
+
+
+def is_ip_literal(host: str) -> bool:
+    try:
+        ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class Settings(BaseSettings):
@@ -154,6 +280,18 @@ class Settings(BaseSettings):
     # the bridge: its rules (a file path or inline JSON) and its webhook's shared secret
     gvw_bridge_rules: str | None = None
     gvw_bridge_token: SecretStr | None = None
+    # Completion events (docs/events.md): the allow-list, a JSON object of destination
+    # prefix -> options ({"https://hooks.example.com/gvw/": {"secret": "whsec_..."},
+    # "sqs:gvw-": {}, "celery:callbacks/": {}}); a job may name only destinations it
+    # allows. A SecretStr: its webhook secrets never appear in a repr, log or error.
+    gvw_notify_destinations: SecretStr = SecretStr("")
+    # delivery: attempts per event and destination, then the event is kept as failed
+    # (`gvw events list --failed`); backoff doubles from the base to the cap, jittered
+    gvw_notify_max_attempts: int = Field(default=8, ge=1, le=100)
+    gvw_notify_backoff_base_s: float = Field(default=30.0, gt=0)
+    gvw_notify_backoff_max_s: float = Field(default=3600.0, gt=0)
+    # one delivery's whole time (connect, send, answer) to a webhook, SQS, SNS or broker
+    gvw_notify_timeout_s: float = Field(default=10.0, gt=0, le=120)
     gvw_log_level: str = "INFO"
     # "text": readable lines (a terminal); "json": one JSON object a line (log pipelines)
     gvw_log_format: Literal["text", "json"] = "text"
@@ -164,6 +302,12 @@ class Settings(BaseSettings):
         # `GEMINI_BASE_URL=` (set but empty, as compose files do) means Google's endpoint;
         # `CELERY_RESULT_BACKEND=` means none
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("gvw_notify_destinations", mode="after")
+    @classmethod
+    def _check_notify_destinations(cls, value: SecretStr) -> SecretStr:
+        parse_notify_routes(value.get_secret_value())  # a bad allow-list stops the process
+        return value
 
     @model_validator(mode="after")
     def _check_timing(self) -> Settings:
@@ -191,6 +335,18 @@ class Settings(BaseSettings):
     def allowed_models(self) -> frozenset[str]:
         named = frozenset(_split_prefixes(self.gvw_allowed_models))
         return named | {self.gvw_model} if named else frozenset()
+
+    @property
+    def notify_routes(self) -> tuple[NotifyRoute, ...]:
+        """GVW_NOTIFY_DESTINATIONS's entries (checked when the settings were read)."""
+        return parse_notify_routes(self.gvw_notify_destinations.get_secret_value())
+
+    @property
+    def notify_secrets(self) -> tuple[str, ...]:
+        """The webhook secrets, for the log scrubber."""
+        return tuple(
+            r.secret.get_secret_value() for r in self.notify_routes if r.secret is not None
+        )
 
     @property
     def api_key(self) -> str | None:
@@ -261,7 +417,7 @@ _PROBLEMS = {
 
 
 def _shown_value(name: str, value: Any) -> str:
-    if any(word in name for word in ("KEY", "TOKEN", "SECRET", "PASSWORD")):
+    if any(word in name for word in ("KEY", "TOKEN", "SECRET", "PASSWORD", "DESTINATIONS")):
         return "<hidden>"
     text = value if isinstance(value, str) else repr(value)
     return repr(text[:80] + ("..." if len(text) > 80 else ""))

@@ -4,7 +4,8 @@ same tests, each a promise the port's docstrings make to its users.
 
 Ports whose shared contract lives elsewhere: TokenLocks (test_token_lock.py), Budget
 (test_budget.py), Batches (test_batch_store.py), AnswerCache (test_answer_cache.py),
-FileCache (test_file_cache.py). Here: AnswerStore, Deliveries, JobClaims, JobLocks,
+FileCache (test_file_cache.py), and the events outbox of worker/events/
+(test_events_outbox.py). Here: AnswerStore, Deliveries, JobClaims, JobLocks,
 Refusals.
 """
 

@@ -95,6 +95,8 @@ def job_options(args: argparse.Namespace) -> dict[str, Any]:
                 f"got {type(value).__name__}"
             )
         options["options"] = value
+    if getattr(args, "notify", None):
+        options["notify"] = args.notify
     if getattr(args, "batch", False):
         options["options"] = {**options.get("options", {}), "mode": "batch"}
     return options

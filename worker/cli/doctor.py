@@ -17,6 +17,8 @@ location, deleted at once. Checks, in order:
     inputs      each GVW_ALLOWED_INPUTS prefix listable (one page)
     gemini      the endpoint in use (Google or GEMINI_BASE_URL), the key accepted and
                 GVW_MODEL known: one models.get
+    notify      the destination prefixes GVW_NOTIFY_DESTINATIONS allows (never their
+                secrets); an http:// prefix is a warning (events and signatures in clear)
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ def run_checks(settings: Settings, *, stores: StoreRouter | None = None) -> list
         ("results", _results),
         ("inputs", _inputs),
         ("gemini", _gemini),
+        ("notify", _notify),
     ]
     checks: list[Check] = []
     for name, step in steps:
@@ -263,6 +266,21 @@ def _gemini(settings: Settings, stores: StoreRouter) -> Iterator[Check]:
         else "no API key set (the endpoint answered without one)"
     )
     yield Check("ok", "gemini", f"{key}, model {model} known{limit} ({_ms(started)} ms)")
+
+
+def _notify(settings: Settings, stores: StoreRouter) -> Iterator[Check]:
+    from worker.events.destinations import shown
+
+    routes = settings.notify_routes
+    if not routes:
+        yield Check("ok", "notify", "no destinations allowed: jobs naming notify are refused")
+        return
+    listed = ", ".join(shown(route.prefix) for route in routes[:10])
+    more = f" and {len(routes) - 10} more" if len(routes) > 10 else ""
+    yield Check("ok", "notify", f"{len(routes)} destination prefixes allowed: {listed}{more}")
+    for route in routes:
+        if route.prefix.startswith("http://"):
+            yield Check("warn", "notify", f"{shown(route.prefix)}: events go unencrypted (http://)")
 
 
 def _config(client: object, name: str) -> str:

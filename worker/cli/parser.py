@@ -63,6 +63,7 @@ examples:
   gvw emulator --port 8765                   # a local Gemini REST emulator
   gvw files list ; gvw files purge --all     # File API uploads shared by the fleet
   gvw dead-letters list ; gvw dead-letters replay a-0001
+  gvw events list --failed ; gvw events redeliver --all-failed   # completion events
   gvw doctor                                 # is this deployment ready? one line per check
   gvw bridge sqs --queue-url URL --rules rules.json   # S3 upload events -> jobs
 
@@ -111,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
         "images", metavar="URI", nargs="+", help="s3://bucket/key (or allowed file://)"
     )
     _add_job_arguments(submit, for_each="the job's")
+    submit.add_argument(
+        "--notify",
+        action="append",
+        dest="notify",
+        metavar="DEST",
+        help="tell DEST when the job is done (repeat, up to 5): https://..., sqs:QUEUE, "
+        "sns:TOPIC_ARN or celery:QUEUE/TASK, under GVW_NOTIFY_DESTINATIONS (docs/events.md)",
+    )
     submit.add_argument(
         "--job-id",
         metavar="ID",
@@ -164,6 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="USD",
         help="the run's cost cap: it never commits more (plus one request's error), across "
         "the fleet; jobs past it are held, not failed (gvw runs resume RUN --max-usd N)",
+    )
+    bulk.add_argument(
+        "--notify",
+        action="append",
+        dest="run_notify",
+        metavar="DEST",
+        help="tell DEST when the run is done (run.completed; repeat, up to 5): https://..., "
+        "sqs:QUEUE, sns:TOPIC_ARN or celery:QUEUE/TASK, under GVW_NOTIFY_DESTINATIONS",
     )
     bulk.add_argument(
         "--new-run",
@@ -408,5 +425,29 @@ def build_parser() -> argparse.ArgumentParser:
     dead_replay = dead_sub.add_parser("replay", help="re-enqueue jobs with their job ids")
     dead_replay.add_argument(
         "job_ids", metavar="JOB_ID", nargs="+", help="dead-lettered jobs to send again"
+    )
+    events = sub.add_parser(
+        "events",
+        help="completion events (a job's notify): list, redeliver",
+        description="Deliveries of completion events kept in GVW_REDIS_URL (docs/events.md): "
+        "each event to each destination, its state (pending, delivered, failed), attempts "
+        "and last error. Redeliver puts failed (or delivered) deliveries back with no "
+        "attempts used; the workers send them.",
+    )
+    events_sub = events.add_subparsers(dest="events_command", metavar="ACTION", required=True)
+    events_list = events_sub.add_parser("list", help="the newest deliveries, newest first")
+    events_list.add_argument(
+        "--failed", action="store_true", help="only those that used their attempts"
+    )
+    events_list.add_argument(
+        "--limit", type=positive_int, default=100, metavar="N", help="at most N (default 100)"
+    )
+    events_list.add_argument("--json", action="store_true", help="print JSON lines")
+    redeliver = events_sub.add_parser("redeliver", help="deliver events again")
+    redeliver.add_argument(
+        "event_ids", metavar="EVENT_ID", nargs="*", help="events (evt_...) to deliver again"
+    )
+    redeliver.add_argument(
+        "--all-failed", action="store_true", help="every delivery that used its attempts"
     )
     return parser

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from worker.cli.common import EXIT_FAILED, EXIT_OK, fail, job_options
+from worker.cli.common import EXIT_FAILED, EXIT_OK, UsageError, fail, job_options
 from worker.producers.bulk import IMAGE_SUFFIXES
 
 
@@ -29,6 +29,15 @@ def cmd_enqueue_prefix(args: argparse.Namespace) -> int:
     # `submit` checks it, and the prefix against the inputs the fleet may read
     prefix = check_prefix(args.prefix, settings)
     client.validate({**template, "images": [prefix.rstrip("/") + "/object"]})
+    run_notify = list(args.run_notify or [])
+    if run_notify:
+        from worker.contract.jobs import NOTIFY_MAX_DESTINATIONS
+        from worker.events.destinations import check_notify
+
+        if len(run_notify) > NOTIFY_MAX_DESTINATIONS:
+            raise UsageError(f"--notify: at most {NOTIFY_MAX_DESTINATIONS} destinations")
+        # the run's end goes only where the fleet's allow-list permits, checked now
+        check_notify(run_notify, settings.notify_routes)
     results_folder = str(template.get("output") or settings.gvw_results_uri)
 
     unusable: list[str] = []
@@ -137,6 +146,7 @@ def _run_for(
             template=template,
             source=RunSource(kind="prefix", prefix=prefix, suffixes=list(suffixes)),
             max_usd=args.max_usd,
+            notify=list(args.run_notify or []),
         )
         if sent is not None:
             sent.set_open_run(run.run_id)

@@ -22,9 +22,16 @@ from worker.storage.uris import Role, parse_uri
 SCHEMA_VERSION = 1
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 MAX_IMAGES = 3600
+# completion events (docs/events.md): where a job's end is told, checked against the
+# fleet's allow-list (GVW_NOTIFY_DESTINATIONS) when the job is admitted
+NOTIFY_MAX_DESTINATIONS = 5
+NOTIFY_DESTINATION_MAX_CHARS = 2048
 _MODEL_PATTERN = r"^(models/)?[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 ImageUri = Annotated[str, StringConstraints(min_length=6, max_length=2048)]
+Destination = Annotated[
+    str, StringConstraints(min_length=4, max_length=NOTIFY_DESTINATION_MAX_CHARS)
+]
 
 
 class JobOptions(BaseModel):
@@ -64,6 +71,8 @@ class Job(BaseModel):
     # the run the job belongs to (docs/runs.md): counted in its progress and spend, held
     # by its cost cap; not part of what the job is (its fingerprint)
     run: Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN)] | None = None
+    # where the job's completion event goes (webhook URLs, sqs:, sns:, celery:)
+    notify: Annotated[list[Destination], Field(max_length=NOTIFY_MAX_DESTINATIONS)] | None = None
 
     def spec(self) -> TaskSpec:
         return TaskSpec(
@@ -82,10 +91,14 @@ class Job(BaseModel):
     def fingerprint(self, folder: str) -> str:
         """What identifies this job under its id: everything that decides its answer
         (task, images, prompt, labels, schema, model, options) and where it goes (its
-        results folder), not the run it is counted in. A redelivery has the same; another job reusing the id does not.
-        Fields as the producer gave them (a model left out is not GVW_MODEL), options
+        results folder), not the run it is counted in nor where its end is told. A
+        redelivery has the same; another job reusing the id does not. Fields as the
+        producer gave them (a model left out is not GVW_MODEL), options
         with their defaults filled in."""
-        material = self.model_dump(mode="json", exclude={"job_id", "output", "run"})
+        # where its end is told (notify) and the run it is counted in do not change
+        # the answer either, and leaving them out keeps every fingerprint taken
+        # before the fields existed
+        material = self.model_dump(mode="json", exclude={"job_id", "output", "notify", "run"})
         # how it is asked (interactive or batch) does not change the answer: a batch job
         # sent back to the interactive path is still the same job
         material["options"].pop("mode", None)
@@ -152,6 +165,15 @@ def salvage_run(raw: Any) -> str | None:
     still counts in its run (as failed)."""
     run = raw.get("run") if isinstance(raw, dict) else None
     return run if isinstance(run, str) and re.match(JOB_ID_PATTERN, run) else None
+
+
+def salvage_notify(raw: Any) -> list[str]:
+    """The ``notify`` destinations of a job that failed validation, where the list itself
+    is well formed (its end is still told to the destinations the fleet allows)."""
+    notify = raw.get("notify") if isinstance(raw, dict) else None
+    if not isinstance(notify, list) or len(notify) > NOTIFY_MAX_DESTINATIONS:
+        return []
+    return [d for d in notify if isinstance(d, str) and 4 <= len(d) <= NOTIFY_DESTINATION_MAX_CHARS]
 
 
 def salvage_identity(raw: Any) -> tuple[str | None, str | None]:

@@ -46,7 +46,7 @@ _SUMMARY_LIST_ITEMS: Final = 20
 _SUMMARY_ITEM_CHARS: Final = 300
 _KNOWN_FIELDS: Final = frozenset(
     {"job_id", "task", "images", "prompt", "labels", "response_schema", "model", "output"}
-    | {"options"}
+    | {"options", "notify"}
 )
 
 
@@ -288,9 +288,13 @@ class Outcome(BaseModel):
     record_uri: str
     already_done: bool = False
     timings_s: dict[str, float] = Field(default_factory=dict)
-    # what the job's end tells its run and its events (not part of the task's return)
-    error_code: str | None = None
+    # what a completion event says of the end (worker/events/): the cost recorded in
+    # result.json (None for a failure, or a model without a price), the error's code
+    # (None on success), and the fingerprint the job's id was claimed with (its event's
+    # id is derived from it: a redelivery finds the same)
     cost_usd: float | None = None
+    error_code: str | None = None
+    fingerprint: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -85,11 +85,14 @@ def publish_pending_record(ports: Ports, job_id: str, folder: str) -> Outcome:
     down when it failed); the job itself is not run again."""
     data = ports.dead_letters.pending_record(job_id)
     if data is None:  # written meanwhile by another delivery
+        letter = ports.dead_letters.get(job_id)
         return Outcome(
             job_id=job_id,
             status="failed",
             record_uri=join_uri(folder, ERROR_NAME),
             already_done=True,
+            error_code=letter.code if letter is not None else None,
+            fingerprint=letter.fingerprint if letter is not None else None,
         )
     record = ErrorRecord.model_validate_json(data)
     log.info("writing the error record kept while storage was down", extra={"job_id": job_id})
@@ -123,10 +126,14 @@ def _write_error_record(
             extra={"job_id": job_id, "code": code, "error_message": err.message},
         )
         DEAD_LETTERS.labels(code).inc()
-        return Outcome(job_id=job_id, status="failed", record_uri="", error_code=code)
+        return Outcome(
+            job_id=job_id, status="failed", record_uri="", error_code=code, fingerprint=fingerprint
+        )
     ports.dead_letters.mark_recorded(job_id)
     DEAD_LETTERS.labels(code).inc()
-    return Outcome(job_id=job_id, status="failed", record_uri=uri, error_code=code)
+    return Outcome(
+        job_id=job_id, status="failed", record_uri=uri, error_code=code, fingerprint=fingerprint
+    )
 
 
 def _refuse_reused_id(
@@ -146,11 +153,18 @@ def _refuse_reused_id(
             "could not keep the refusal for producers", extra={"job_id": job_id}, exc_info=True
         )
     uri = join_uri(folder, ERROR_NAME)
+    ended = Outcome(
+        job_id=job_id,
+        status="failed",
+        record_uri="",
+        error_code=error.code,
+        fingerprint=record.fingerprint,
+    )
     if error.holder_folder is None or error.holder_folder == folder:
         # the id's folder is the other job's: nothing of ours may be written there
-        return Outcome(job_id=job_id, status="failed", record_uri="", error_code=error.code)
+        return ended
     ports.stores.create_exclusive(uri, data, content_type=JSON_TYPE)
-    return Outcome(job_id=job_id, status="failed", record_uri=uri, error_code=error.code)
+    return ended.model_copy(update={"record_uri": uri})
 
 
 def job_fingerprint(job: Job, settings: Settings) -> str:

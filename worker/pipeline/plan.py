@@ -65,6 +65,9 @@ def admit(job: Job, ports: Ports, *, attempt: int = 1) -> JobPlan:
     model = job.model or settings.gvw_model
     # a resolution this model does not take is the job's error, found before any I/O
     media_resolution_for(model, job.options.media_resolution)
+    if job.notify:
+        # where the job's end is told: only destinations the fleet's allow-list permits
+        ports.events.check(job.notify)
     # Every URI is checked before any is read: one bad URI refuses the whole job. The
     # parsed spelling is what the I/O below uses (worker.storage.uris: one parser).
     output = (

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tasks.pricing import PriceTable
+from worker.events.emitter import Events
 from worker.fleet.answer_cache import AnswerCache
 from worker.fleet.answer_store import AnswerStore
 from worker.fleet.batch_store import Batches
@@ -50,6 +51,8 @@ class Ports:
     budget: Budget
     # the runs jobs are counted in (`worker.runs`)
     runs: RunBook
+    # completion events: `emit(event, destinations)`, `check(notify)` (`worker.events`)
+    events: Events
     # batch mode's state (None without Redis: batch mode is then refused)
     batches: Batches | None = None
     # jobs refused because their id belongs to another job (`worker.fleet.refusals`)

@@ -114,6 +114,8 @@ def publish(
                 record_uri=result_uri,
                 already_done=True,
                 timings_s=timer.seconds,
+                cost_usd=record.usage.cost_usd,
+                fingerprint=plan.fingerprint,
             )
     log.info("job committed", extra={"job_id": job.job_id, "task": job.task, "uri": result_uri})
     return Outcome(
@@ -122,6 +124,7 @@ def publish(
         record_uri=result_uri,
         timings_s=timer.seconds,
         cost_usd=record.usage.cost_usd,
+        fingerprint=plan.fingerprint,
     )
 
 

@@ -6,7 +6,7 @@ from typing import Final
 
 from tasks.errors import JobIdConflict
 from worker.contract.layout import ERROR_NAME, RESULT_NAME
-from worker.contract.records import ErrorRecord, Outcome, read_record
+from worker.contract.records import ErrorRecord, Outcome, ResultRecord, read_record
 from worker.storage import join_uri
 from worker.storage.port import Stores
 
@@ -29,18 +29,14 @@ def finished(stores: Stores, job_id: str, folder: str, fingerprint: str) -> Outc
     owner = record.fingerprint
     if owner is not None and owner != fingerprint:  # records older than fingerprints: ours
         raise JobIdConflict(job_id, holder_folder=folder)
-    if isinstance(record, ErrorRecord):
-        return Outcome(
-            job_id=job_id,
-            status="failed",
-            record_uri=uri,
-            already_done=True,
-            error_code=record.error.code,
-        )
+    # what the job's completion event says, read from the record: a redelivery emits
+    # the same event the first run did (or would have, had the fleet's Redis answered)
     return Outcome(
         job_id=job_id,
-        status="succeeded",
+        status="succeeded" if has_result else "failed",
         record_uri=uri,
         already_done=True,
-        cost_usd=record.usage.cost_usd,
+        cost_usd=record.usage.cost_usd if isinstance(record, ResultRecord) else None,
+        error_code=record.error.code if isinstance(record, ErrorRecord) else None,
+        fingerprint=fingerprint,
     )

@@ -113,6 +113,7 @@ def start_run(
     template: Mapping[str, Any],
     source: RunSource,
     max_usd: float | None = None,
+    notify: Sequence[str] = (),
 ) -> RunWriter:
     """Create a run: its run.json written once (a new id for each run)."""
     store = RunStore(stores)
@@ -124,6 +125,7 @@ def start_run(
         source=source,
         template=dict(template),
         max_usd=max_usd,
+        notify=list(notify),
     )
     if not store.create(definition):
         raise InvalidJob(f"run {definition.run_id} exists already")

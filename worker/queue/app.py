@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar, NoReturn
@@ -51,6 +52,9 @@ from worker.contract.jobs import (
 )
 from worker.contract.names import QUEUE, TASK_NAME
 from worker.contract.records import Outcome
+from worker.events.deliverer import Deliverer
+from worker.events.outbox import RUN_GRACE_S
+from worker.events.senders import default_senders
 from worker.observability import (
     JOBS,
     RETRIES,
@@ -88,7 +92,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend_transport_options": {"visibility_timeout": visibility_timeout_s},
         "visibility_timeout": visibility_timeout_s,
         "task_default_queue": QUEUE,
-        "task_routes": {TASK_NAME: {"queue": QUEUE}, BATCH_TASK_NAME: {"queue": QUEUE}},
+        "task_routes": {
+            TASK_NAME: {"queue": QUEUE},
+            BATCH_TASK_NAME: {"queue": QUEUE},
+            EVENTS_TASK_NAME: {"queue": QUEUE},
+        },
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
@@ -141,7 +149,11 @@ def _setup_logging(**_: Any) -> None:
     # scrubbed, at the level of the command line's --loglevel, else GVW_LOG_LEVEL
     settings = get_settings()
     level = loglevel_flag(sys.argv) or settings.gvw_log_level
-    configure_logging(level, fmt=settings.gvw_log_format, secrets=(settings.api_key or "",))
+    configure_logging(
+        level,
+        fmt=settings.gvw_log_format,
+        secrets=(settings.api_key or "", *settings.notify_secrets),
+    )
 
 
 def loglevel_flag(argv: list[str]) -> str | None:
@@ -312,8 +324,9 @@ class AnalyzeTask(Task):
             )
             JOBS.labels(_task_label(parsed.task), "failed").inc()
             return
-        with contextlib.suppress(FleetUnavailable):  # acked already: the run misses it
-            job_ended(ports, parsed, outcome, output=parsed.output)
+        # in the main process, with no message to send back: an event Redis does not
+        # take now is logged (`_job_ended_or_log`)
+        _job_ended_or_log(ports, parsed, outcome)
         _ended(outcome, parsed.task)
 
 
@@ -328,8 +341,7 @@ def analyze(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     several, keyword arguments) is refused and recorded like any invalid job. Every job
     that ends here is counted once in `gvw_jobs_total`; a retry is not an end.
     """
-    ports = runtime.get_ports()
-    ports.schedule_batch_run = schedule_batch_run
+    ports = _wired(runtime.get_ports())
     retries = int(self.request.retries or 0)
     job, shape_problem = _job_argument(args, kwargs)
     try:
@@ -365,11 +377,17 @@ def analyze(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     error: GvwError
     try:
         outcome = run(parsed, ports, attempt=retries + 1)
-        job_ended(ports, parsed, outcome, output=parsed.output)
         OUTAGES.through()
-        return _ended(outcome, parsed.task)
     except RecordNotWritten as err:
-        return _retry_record(self, ports, parsed.job_id, parsed.task, err)
+        return _retry_record(
+            self,
+            ports,
+            parsed.job_id,
+            parsed.task,
+            err,
+            job=parsed,
+            fingerprint=job_fingerprint(parsed, ports.settings),
+        )
     except RunCapReached as err:
         try:
             return _hold(ports, parsed, job, err)
@@ -384,6 +402,8 @@ def analyze(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
     except Exception as exc:  # a bug must end in a record too, never in silence
         log.exception("unexpected error", extra={"job_id": parsed.job_id})
         error = InternalError(f"{exc.__class__.__name__}: {exc}")
+    else:
+        return _job_end(self, ports, parsed, outcome, parsed.task)
     return _retry_or_record(
         self,
         ports,
@@ -511,12 +531,7 @@ def _retry_or_record(
     waits = seen.waits + (1 if outage or is_waiting(error) else 0)
     if policy.should_retry(error, retries, waits_so_far=waits, outage_s=outage_s):
         countdown_s = policy.countdown_s(error, retries - waits, outage_waits=seen.outage_waits)
-        job_moved(
-            ports,
-            failure.get("job"),
-            "w" if waits > seen.waits else "q",
-            output=failure.get("output"),
-        )
+        job_moved(ports, failure.get("job"), "w" if waits > seen.waits else "q")
         if outage_since is not None:
             _wait_for_outage(
                 self,
@@ -566,13 +581,22 @@ def _record_failure(self: Task, ports: Ports, **failure: Any) -> dict[str, Any]:
     the job waits for it (its record is written once it is back)."""
     try:
         outcome = publish_error(ports, **failure)
-        job_ended(ports, failure.get("job"), outcome, output=failure.get("output"))
     except RecordNotWritten as err:
-        return _retry_record(self, ports, failure["job_id"], failure["task"], err)
+        return _retry_record(
+            self,
+            ports,
+            failure["job_id"],
+            failure["task"],
+            err,
+            job=failure.get("job"),
+            fingerprint=failure.get("fingerprint"),
+        )
     except FleetUnavailable as err:
         return _wait_to_record(self, ports, err, failure["job_id"], failure["error"])
     OUTAGES.through()
-    return _ended(outcome, failure["task"])
+    return _job_end(
+        self, ports, failure.get("job"), outcome, failure["task"], final=failure["error"]
+    )
 
 
 def _wait_to_record(
@@ -606,7 +630,14 @@ def _final_error(request: Any) -> GvwError | None:
 
 
 def _retry_record(
-    self: Task, ports: Ports, job_id: str, task: str | None, err: RecordNotWritten
+    self: Task,
+    ports: Ports,
+    job_id: str,
+    task: str | None,
+    err: RecordNotWritten,
+    *,
+    job: Any = None,
+    fingerprint: str | None = None,
 ) -> dict[str, Any]:
     """The job failed for good, but storage did not take error.json: storage is down, and
     the message waits for it (as for any outage, up to GVW_OUTAGE_MAX_WAIT_S) to write the
@@ -629,8 +660,62 @@ def _retry_record(
         "gave up writing the error record; the dead-letter index keeps it (gvw dead-letters list)",
         extra={"job_id": job_id, "waited_s": round(now - since), "error_message": err.message},
     )
+    code = err.details.get("code")
+    outcome = Outcome(
+        job_id=job_id,
+        status="failed",
+        record_uri="",
+        error_code=code if isinstance(code, str) else err.code,
+        fingerprint=fingerprint,
+    )
+    _job_ended_or_log(ports, job, outcome)
     JOBS.labels(_task_label(task), "failed").inc()
-    return {"job_id": job_id, "status": "failed", "uri": "", "already_done": False}
+    return outcome.as_dict()
+
+
+def _job_end(
+    self: Task,
+    ports: Ports,
+    job: Any,
+    outcome: Outcome,
+    task: str | None,
+    *,
+    final: GvwError | None = None,
+) -> dict[str, Any]:
+    """A job's end: the one seam (`worker.pipeline.ended.job_ended`), then its count.
+
+    When the fleet's Redis does not take the job's completion event, the message waits
+    for Redis like any outage (its record is committed already): the next delivery
+    finds the record and emits the same event. A failure (``final``) waits carrying its
+    error, so that delivery only finds the record, never runs the job again."""
+    try:
+        job_ended(ports, job, outcome)
+    except FleetUnavailable as err:
+        if final is not None:
+            return _wait_to_record(self, ports, err, outcome.job_id, final)
+        seen = Waits.of(self.request)
+        _wait_for_outage(
+            self,
+            ports,
+            err,
+            job_id=outcome.job_id,
+            seen=seen,
+            since=seen.outage_since or time.time(),
+            countdown_s=retry_policy(ports.settings).outage_countdown_s(seen.outage_waits),
+        )
+    return _ended(outcome, task)
+
+
+def _job_ended_or_log(ports: Ports, job: Any, outcome: Outcome) -> None:
+    """`job_ended` where no message can wait for Redis (the hard time limit's handler, a
+    record storage never took): an event Redis does not take is logged, and lost."""
+    try:
+        job_ended(ports, job, outcome)
+    except FleetUnavailable as err:
+        log.error(
+            "the fleet's Redis did not take the job's completion event; it is not sent",
+            extra={"job_id": outcome.job_id, "error_message": err.message},
+        )
 
 
 def _ended(outcome: Outcome, task: str | None) -> dict[str, Any]:
@@ -652,8 +737,7 @@ BATCH_TASK_NAME = "vision.batch_tick"
 def batch_tick(self: Task, *_args: Any, **_kwargs: Any) -> bool:
     """One follower run; schedules the next while batches are waiting or running. Any
     producer may send this message: a run is idempotent, and one runs at a time."""
-    ports = runtime.get_ports()
-    ports.schedule_batch_run = schedule_batch_run
+    ports = _wired(runtime.get_ports())
     if ports.batches is None:
         return False
     runner = BatchRunner(ports, ports.batches, dispatch_job, retry_policy(ports.settings))
@@ -729,6 +813,113 @@ class BatchWatch(bootsteps.StartStopStep):  # type: ignore[misc]
 
 
 app.steps["consumer"].add(BatchWatch)
+
+
+def _wired(ports: Ports) -> Ports:
+    """The process's ports, with what only the Celery app can do: ask for a batch
+    follower run, and for an event delivery run."""
+    ports.schedule_batch_run = schedule_batch_run
+    ports.events.wake = schedule_events_run
+    return ports
+
+
+# --- completion events: delivery runs (worker/events/deliverer.py) ---------------------------
+
+EVENTS_TASK_NAME = "vision.events_tick"
+_deliverer_guard = threading.Lock()
+_deliverers: dict[int, Deliverer] = {}
+
+
+def send_event_task(queue: str, task_name: str, event: dict[str, Any], event_id: str) -> None:
+    """A ``celery:QUEUE/TASK_NAME`` destination: the event as the task's one positional
+    argument, on the fleet's own broker (CELERY_BROKER_URL; a job names a queue and a
+    task, never a broker), with the event's id as the task's id (a receiver's dedup key)."""
+    app.send_task(task_name, args=[event], queue=queue, task_id=event_id)
+
+
+def _deliverer(ports: Ports) -> Deliverer:
+    """One per ports (its webhook and AWS clients are kept between runs)."""
+    with _deliverer_guard:
+        found = _deliverers.get(id(ports))
+        if found is None:
+            senders = default_senders(ports.settings.gvw_notify_timeout_s, send_event_task)
+            found = Deliverer(ports.events.outbox, ports.settings, senders)
+            _deliverers.clear()  # ports are built once per process: an older one is gone
+            _deliverers[id(ports)] = found
+        return found
+
+
+@app.task(name=EVENTS_TASK_NAME, bind=True, max_retries=None)
+def events_tick(self: Task, *_args: Any, **_kwargs: Any) -> bool:
+    """One delivery run of the events outbox; schedules the next while deliveries wait.
+    Any producer may send this message: a run is idempotent, and one runs at a time
+    (a run that finds another running leaves the schedule to it)."""
+    ports = _wired(runtime.get_ports())
+    ran = True
+    try:
+        ran = _deliverer(ports).run_once() is not None
+    except (GvwError, redis.RedisError) as err:
+        log.warning("event delivery run failed; trying again later", extra={"error": str(err)})
+    except Exception:  # a bug must not stop deliveries: logged, and the next run comes
+        log.exception("event delivery run failed")
+    if ran:
+        try:
+            at = ports.events.outbox.finish_run(now=time.time())
+            if at is not None:
+                _send_events_tick(at)
+        except (GvwError, redis.RedisError, OperationalError):
+            # the watch (EventsWatch) starts the runs again once Redis and the broker answer
+            log.warning("could not schedule the next event delivery run", exc_info=True)
+    return ran
+
+
+def _send_events_tick(at: float) -> None:
+    app.send_task(EVENTS_TASK_NAME, queue=QUEUE, countdown=max(0.0, at - time.time()))
+
+
+def schedule_events_run(at: float | None = None) -> None:
+    """A delivery run at ``at`` (now by default), unless one is scheduled by then."""
+    ports = runtime.get_ports()
+    now = time.time()
+    when = now if at is None else at
+    if ports.events.outbox.request_run(at=when, now=now):
+        _send_events_tick(when)
+
+
+def _watch_events() -> None:
+    """Start delivery runs when deliveries wait and no run is scheduled in time: at a
+    worker's start (a fleet restarted with events waiting), and when the chain of runs
+    broke (a run's message lost with Redis, a killed worker)."""
+    try:
+        ports = runtime.get_ports()
+        due = ports.events.outbox.next_due()
+        if due is not None:
+            schedule_events_run(max(due, time.time()))
+    except (redis.RedisError, GvwError, OperationalError):
+        log.warning("could not look for waiting events", exc_info=True)
+
+
+class EventsWatch(bootsteps.StartStopStep):  # type: ignore[misc]
+    """A consumer step: `_watch_events` at every (re)connection to the broker, and every
+    `RUN_GRACE_S` (the time a lost run's schedule is forgotten) after."""
+
+    requires: ClassVar[set[str]] = {"celery.worker.consumer.tasks:Tasks"}
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.timer_entry: Any = None
+
+    def start(self, parent: Any) -> None:
+        _watch_events()
+        self.timer_entry = parent.timer.call_repeatedly(RUN_GRACE_S, _watch_events)
+
+    def stop(self, parent: Any) -> None:
+        if self.timer_entry is not None:
+            self.timer_entry.cancel()
+            self.timer_entry = None
+
+
+app.steps["consumer"].add(EventsWatch)
 
 
 def _task_label(task: str | None) -> str:

@@ -92,6 +92,8 @@ class RunDefinition(BaseModel):
     source: RunSource = Field(default_factory=RunSource)
     template: dict[str, Any] = Field(default_factory=dict)  # every member's job, but images
     max_usd: float | None = None
+    # where the run's end is told (docs/events.md): run.completed
+    notify: list[str] = Field(default_factory=list)
 
     def to_json_bytes(self) -> bytes:
         return self.model_dump_json(indent=2).encode()
@@ -135,6 +137,7 @@ class RunSummary(BaseModel):
     updated_at: str
     summary_uri: str | None = None
     source: Literal["fleet", "storage"] = "fleet"  # live counts, or the last summary.json
+    round: int = 0  # how often `gvw runs retry` reopened the finished run
 
     def to_json_bytes(self) -> bytes:
         return self.model_dump_json(indent=2).encode()

@@ -51,4 +51,5 @@ def summarize(
         finished_at=utc_iso(counts.finished_at) if counts.finished_at is not None else None,
         updated_at=utc_iso(now_s),
         summary_uri=summary_uri,
+        round=counts.round,
     )

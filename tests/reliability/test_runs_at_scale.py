@@ -119,7 +119,10 @@ def test_a_run_of_2000_jobs_is_watched_to_its_end_through_a_killed_worker_and_a_
                 interval_s=1,
             )
             stack.redis.restart(down_s=2)  # SIGKILL; appendonly, as in production
-            out, err = watch.communicate(timeout=400)
+            try:
+                out, err = watch.communicate(timeout=600)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(stuck(stack, run_id)) from None
         finally:
             if watch.poll() is None:
                 watch.kill()
@@ -150,6 +153,20 @@ def test_a_run_of_2000_jobs_is_watched_to_its_end_through_a_killed_worker_and_a_
     # asked again at most for the jobs in flight at the kill and the restart
     assert RUN_JOBS <= calls <= RUN_JOBS + 2 * 4 + 2 * 4
     assert seen[-1]["counts"] == final["counts"] and seen[-1]["sealed"]
+
+
+def stuck(stack: Stack, run_id: str) -> str:
+    """What a run that did not end shows: its counts, and its members with no record."""
+    summary = show(stack, run_id)
+    members = member_ids(stack, run_id)
+    missing = sorted(members - set(result_records(stack, members)))
+    states = stack.redis.client(db=1).hgetall(f"gvw:run:{run_id}:jobs")
+    live = {k.decode(): v.decode() for k, v in states.items() if v.decode() != "s"}
+    return (
+        f"the run did not end: {summary['counts']}, members {summary['members']}; "
+        f"{len(missing)} members without a result: {missing[:10]}; not succeeded in the "
+        f"ledger: {dict(list(live.items())[:10])}"
+    )
 
 
 CAP_JOBS = 40
