@@ -242,3 +242,18 @@ def test_concurrent_reservations_never_pass_the_cap(ledger: RunLedger) -> None:
     assert counts.paid_usd == pytest.approx(sum(paid), abs=1e-5)
     assert counts.reserved_usd == 0
     assert sum(paid) > 2.0 - 0.05 - 1e-6  # and the cap is used: within one request of it
+
+
+def test_every_key_of_a_run_expires_and_touch_renews_it() -> None:
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    ledger = RedisRunLedger(client, ttl_s=600)
+    ledger.add_members(RUN, ["a"], folder=FOLDER)
+    ledger.move(RUN, "b", "r", folder=FOLDER)  # a job the run did not send
+    ledger.move(RUN, "a", "s", folder=FOLDER)
+    keys = [k.decode() for k in client.keys(f"gvw:run:{RUN}:*")]
+    assert {k.rsplit(":", 1)[1] for k in keys} == {"jobs", "counts", "meta", "minutes"}
+    assert all(0 < client.ttl(k) <= 600 for k in keys)
+    for key in keys:
+        client.expire(key, 5)
+    ledger.touch(RUN)
+    assert all(client.ttl(k) > 5 for k in keys)

@@ -75,6 +75,7 @@ class RunBook:
         move = self.ledger.move(run_id, job_id, state, folder=results, cost_usd=cost_usd or 0.0)
         if not (move.finished or self.ledger.summary_turn(run_id, every_s=self._summary_every_s)):
             return None
+        self.ledger.touch(run_id)  # a run that moves lives on (GVW_RUN_TTL_S)
         summary = self.write_summary(run_id, results)
         if summary is None or not move.finished:
             return None

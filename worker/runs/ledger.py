@@ -177,6 +177,10 @@ class RunLedger(Protocol):
         saying `finished`."""
         ...
 
+    def touch(self, run_id: str) -> None:
+        """Renew the lifetime of the run's keys (`ttl_s` from now)."""
+        ...
+
     # --- the run's cost cap ---------------------------------------------------------------
 
     def set_cap(self, run_id: str, max_usd: float | None) -> None:
@@ -202,24 +206,26 @@ class RunLedger(Protocol):
         ...
 
 
+# One HMGET reads what decides whether the run is finished (a move runs it every time).
 _FINISHED_LUA = """
 local function finished_check(meta)
-    if redis.call('HGET', meta, 'sealed') ~= '1' then return 0 end
-    if tonumber(redis.call('HGET', meta, 'ended') or '0')
-            < tonumber(redis.call('HGET', meta, 'members') or '0') then
-        return 0
+    local m = redis.call('HMGET', meta, 'sealed', 'ended', 'members', 'final')
+    if m[1] ~= '1' or tonumber(m[2] or '0') < tonumber(m[3] or '0') then return 0 end
+    if redis.call('HEXISTS', meta, 'finished_at') == 0 then
+        local t = redis.call('TIME')
+        redis.call('HSET', meta, 'finished_at', string.format('%d.%06d', t[1], t[2]))
     end
-    local t = redis.call('TIME')
-    redis.call('HSETNX', meta, 'finished_at', string.format('%d.%06d', t[1], t[2]))
-    if redis.call('HGET', meta, 'final') == '1' then return 0 end
+    if m[4] == '1' then return 0 end
     return 1
 end
 local function ended(s) return s == 's' or (s and string.sub(s, 1, 2) == 'f:') end
 """
 
 # KEYS[1] jobs, KEYS[2] counts, KEYS[3] meta, KEYS[4] minutes
-# ARGV[1] job, ARGV[2] new state, ARGV[3] cost (nano-USD), ARGV[4] ttl s, ARGV[5] folder
-# Returns {moved, finished}.
+# ARGV[1] job, ARGV[2] new state, ARGV[3] cost (nano-USD), ARGV[4] ttl s, ARGV[5] folder,
+# ARGV[6] the worker's UTC minute (the rate's bucket: a clock off by seconds does not
+# matter there). Returns {moved, finished}. Lifetimes are set when keys are made (a run
+# opened, members added, a job not yet a member) and renewed by `touch`: not per move.
 _MOVE_LUA = (
     _FINISHED_LUA
     + """
@@ -237,12 +243,14 @@ end
 redis.call('HSET', KEYS[1], ARGV[1], new)
 redis.call('HINCRBY', KEYS[2], new, 1)
 if ended(new) then
-    local t = redis.call('TIME')
-    redis.call('HINCRBY', KEYS[4], tostring(math.floor(tonumber(t[1]) / 60)), 1)
+    redis.call('HINCRBY', KEYS[4], ARGV[6], 1)
     redis.call('HINCRBY', KEYS[3], 'spent_nano', tonumber(ARGV[3]))
     redis.call('HINCRBY', KEYS[3], 'ended', 1)
 end
-for i = 1, 4 do redis.call('EXPIRE', KEYS[i], tonumber(ARGV[4])) end
+if not old then
+    redis.call('HSETNX', KEYS[4], '0', 0)  -- the minutes exist now, to expire with the rest
+    for i = 1, 4 do redis.call('EXPIRE', KEYS[i], tonumber(ARGV[4])) end
+end
 return {1, finished_check(KEYS[3])}
 """
 )
@@ -263,6 +271,7 @@ for i = 4, #ARGV, 2 do
 end
 redis.call('HINCRBY', KEYS[3], 'members', added)
 redis.call('HSETNX', KEYS[3], 'folder', ARGV[2])
+redis.call('HSETNX', KEYS[4], '0', 0)  -- the minutes exist now, to expire with the rest
 for i = 1, 4 do redis.call('EXPIRE', KEYS[i], tonumber(ARGV[1])) end
 return added
 """
@@ -384,8 +393,10 @@ class RedisRunLedger:
     def move(
         self, run_id: str, job_id: str, state: str, *, folder: str, cost_usd: float = 0.0
     ) -> Move:
+        minute = int(time.time() // 60)
         moved, finished = self._move(
-            keys=_keys(run_id), args=[job_id, state, _nano(cost_usd), self._ttl_s, folder]
+            keys=_keys(run_id),
+            args=[job_id, state, _nano(cost_usd), self._ttl_s, folder, minute],
         )
         return Move(bool(moved), bool(finished))
 
@@ -420,6 +431,12 @@ class RedisRunLedger:
 
     def final_written(self, run_id: str) -> None:
         self._redis.hset(_keys(run_id)[2], "final", "1")
+
+    def touch(self, run_id: str) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        for key in (*_keys(run_id), *_cap_keys(run_id)[1:]):
+            pipe.expire(key, self._ttl_s)
+        pipe.execute()
 
     def set_cap(self, run_id: str, max_usd: float | None) -> None:
         meta = _keys(run_id)[2]
@@ -565,6 +582,9 @@ class LocalRunLedger:
     def final_written(self, run_id: str) -> None:
         with self._mutex:
             self._run(run_id, "")[1]["final"] = "1"
+
+    def touch(self, run_id: str) -> None:
+        return None  # one process's memory: nothing expires
 
     def set_cap(self, run_id: str, max_usd: float | None) -> None:
         with self._mutex:
