@@ -158,3 +158,16 @@ def test_an_unknown_run_is_a_clear_error(stack: Stack) -> None:
     done = gvw("runs", "show", "no-such-run", env=stack.env)
     assert done.returncode == 1
     assert "no run no-such-run under s3://results/vision" in done.stderr
+
+
+def test_gvw_runs_seal_finishes_a_run_whose_jobs_have_ended(
+    stack: Stack, client: VisionClient
+) -> None:
+    run_id = f"line-cams-{uuid.uuid4().hex[:8]}"  # as a bridge rule names a day's run
+    uri = stack.put(f"cams-{run_id}/0.png", tiny_png(7))
+    stack.record(client.submit({"task": "caption", "images": [uri], "run": run_id}))
+    assert show(stack, run_id)["state"] == "running"
+    sealed = gvw("runs", "seal", run_id, env=stack.env)
+    assert sealed.returncode == 0, sealed.stderr
+    assert f"run {run_id}: sealed, finished" in sealed.stdout
+    assert gvw("runs", "seal", "nobody-knows", env=stack.env).returncode == 1

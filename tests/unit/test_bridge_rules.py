@@ -168,3 +168,35 @@ def test_rule_output_property() -> None:
     rule = Rule(name="r", template={"task": "caption", "output": "s3://out/x"})
     assert rule.output == "s3://out/x"
     assert Rule(name="r", template={"task": "caption"}).output is None
+
+
+def test_a_rule_may_count_its_jobs_in_a_run_a_day_or_an_hour() -> None:
+    from worker.bridge.notifications import ObjectEvent
+    from worker.bridge.planner import PlannedJob, plan_job
+
+    rules = parse_rules(
+        {
+            "rules": [
+                {"name": "line-cams", "prefix": "cams/", "run": "daily",
+                 "job": {"task": "detect"}},
+                {"name": "hourly", "prefix": "h/", "run": "hourly", "job": {"task": "caption"}},
+                {"name": "plain", "job": {"task": "caption"}},
+            ]
+        }
+    )  # fmt: skip
+    at_s = 1_796_302_800.0  # 2026-12-03 13:00 UTC
+    daily = plan_job(ObjectEvent("inbox", "cams/1.jpg"), rules, now_s=at_s)
+    hourly = plan_job(ObjectEvent("inbox", "h/1.jpg"), rules, now_s=at_s)
+    plain = plan_job(ObjectEvent("inbox", "x/1.jpg"), rules, now_s=at_s)
+    assert isinstance(daily, PlannedJob) and daily.job["run"] == "line-cams-20261203"
+    assert isinstance(hourly, PlannedJob) and hourly.job["run"] == "hourly-2026120313"
+    assert isinstance(plain, PlannedJob) and "run" not in plain.job
+    # the next day is the next run; the job (its id) is the same job
+    later = plan_job(ObjectEvent("inbox", "cams/1.jpg"), rules, now_s=at_s + 86_400)
+    assert isinstance(later, PlannedJob) and later.job["run"] == "line-cams-20261204"
+    assert later.job_id == daily.job_id
+
+
+def test_a_rule_s_run_must_be_a_known_period() -> None:
+    with pytest.raises(RulesError, match='run must be "daily", "hourly" or "none"'):
+        parse_rules({"rules": [{"name": "r", "run": "weekly", "job": {"task": "caption"}}]})

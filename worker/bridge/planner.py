@@ -8,6 +8,7 @@ the bridge its own output, forever.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,8 +42,13 @@ def results_prefixes(rules: Iterable[Rule], results_uri: str | None) -> tuple[st
 
 
 def plan_job(
-    event: ObjectEvent, rules: Sequence[Rule], *, results_prefixes: Sequence[str] = ()
+    event: ObjectEvent,
+    rules: Sequence[Rule],
+    *,
+    results_prefixes: Sequence[str] = (),
+    now_s: float | None = None,
 ) -> PlannedJob | Skip:
+    """``now_s``: when the event is planned (the rule's run period; default: now)."""
     under = next((p for p in results_prefixes if event.uri.startswith(p)), None)
     if under is not None:
         return Skip(event, f"under a results location ({under}): never analysed")
@@ -52,4 +58,7 @@ def plan_job(
     job: dict[str, Any] = json.loads(json.dumps(rule.template))  # the rule's copy stays intact
     job["job_id"] = bridge_job_id(event, rule)
     job["images"] = [event.uri]
+    run_id = rule.run_id(time.time() if now_s is None else now_s)
+    if run_id is not None:
+        job["run"] = run_id
     return PlannedJob(event, rule, job)

@@ -10,6 +10,8 @@
 `bucket` (exact; absent = any), `prefix` (case-sensitive, as S3 keys are) and `suffix` (a list;
 matched ignoring case, because cameras write `.JPG` and phones `.jpeg`) select objects;
 `job` is the template: any job field but `job_id` and `images`, which the bridge fills in.
+`run` (optional) counts the rule's jobs in runs (docs/runs.md): `"daily"` (one run a UTC
+day, `{name}-{yyyymmdd}`), `"hourly"` (`{name}-{yyyymmddhh}`) or `"none"` (the default).
 Rules are JSON; YAML too when PyYAML is importable. A rules file is checked whole at
 start-up, each template with the worker's own `parse_job`, so a typo stops the bridge
 before the first event instead of dropping every event afterwards.
@@ -22,6 +24,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,9 @@ from worker.bridge.notifications import ObjectEvent
 TEMPLATE_FIELDS = frozenset(
     {"task", "prompt", "labels", "response_schema", "model", "output", "options"}
 )
-RULE_FIELDS = frozenset({"name", "bucket", "prefix", "suffix", "job"})
+RULE_FIELDS = frozenset({"name", "bucket", "prefix", "suffix", "job", "run"})
+# how a rule's jobs are grouped into runs: the strftime of the UTC time their event is planned
+RUN_PERIODS = {"daily": "%Y%m%d", "hourly": "%Y%m%d%H"}
 RULE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # The formats the worker decodes (worker.images.sniff.sniff_image_format), by their usual names.
 IMAGE_SUFFIXES = (
@@ -65,6 +70,7 @@ class Rule:
     bucket: str | None = None
     prefix: str = ""
     suffixes: tuple[str, ...] = ()
+    run: str | None = None  # "daily" | "hourly" (RUN_PERIODS), None: no run
     template_sha256: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -79,6 +85,13 @@ class Rule:
             return True
         key = event.key.casefold()
         return any(key.endswith(suffix.casefold()) for suffix in self.suffixes)
+
+    def run_id(self, now_s: float) -> str | None:
+        """The run a job planned at `now_s` is counted in (None: the rule names none)."""
+        if self.run is None:
+            return None
+        stamp = datetime.fromtimestamp(now_s, UTC).strftime(RUN_PERIODS[self.run])
+        return f"{self.name}-{stamp}"
 
     @property
     def output(self) -> str | None:
@@ -157,6 +170,9 @@ def _parse_rule(item: Any, *, where: str) -> Rule:
             f"{where}: job field(s) {', '.join(unknown)} cannot be in a template "
             f"(allowed: {', '.join(sorted(TEMPLATE_FIELDS))})"
         )
+    run = item.get("run", "none")
+    if run != "none" and run not in RUN_PERIODS:
+        raise RulesError(f'{where}: run must be "daily", "hourly" or "none"')
     # A copy through JSON: the rule owns plain data nobody else can change under it.
     rule = Rule(
         name=name,
@@ -164,6 +180,7 @@ def _parse_rule(item: Any, *, where: str) -> Rule:
         bucket=bucket,
         prefix=prefix,
         suffixes=tuple(suffixes),
+        run=None if run == "none" else run,
     )
     _check_template(rule, where=where)
     return rule

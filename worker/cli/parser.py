@@ -397,7 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the run's new cap: it never commits more (plus one request's error)",
     )
     cap.add_argument("--no-cap", action="store_true", help="lift the run's cap")
-    for one in (runs_list, runs_show, runs_retry, runs_resume):
+    runs_seal = runs_sub.add_parser(
+        "seal",
+        help="say a run has all its jobs (a bridge rule's run once its period is over, a "
+        "producer's own run): its last end then finishes it",
+    )
+    runs_seal.add_argument("run_id", metavar="RUN", help="the run's id")
+    for one in (runs_list, runs_show, runs_retry, runs_resume, runs_seal):
         one.add_argument(
             "--output",
             metavar="URI",

@@ -1,4 +1,4 @@
-"""`gvw runs list | show | retry | resume`: runs as one thing to watch and retry (docs/runs.md)."""
+"""`gvw runs list | show | retry | resume | seal`: runs as one thing to watch and retry (docs/runs.md)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,24 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return _show(store, ledger, results, args)
     if args.runs_command == "resume":
         return _resume(settings, store, ledger, results, args)
+    if args.runs_command == "seal":
+        return _seal(store, ledger, results, args)
     return _retry(settings, stores, store, ledger, results, args)
+
+
+def _seal(store: Any, ledger: Any, results: str, args: Any) -> int:
+    from worker.producers.runs import seal_run
+
+    if ledger is None:
+        fail("the fleet's Redis (GVW_REDIS_URL) does not answer: a run is sealed there")
+        return EXIT_FAILED
+    if ledger.counts(args.run_id) is None:
+        fail(f"the fleet knows no run {args.run_id}")
+        return EXIT_FAILED
+    summary = seal_run(ledger, store, args.run_id, results)
+    state = summary.state if summary is not None else "unknown"
+    print(f"run {args.run_id}: sealed, {state}")
+    return EXIT_OK
 
 
 def _resume(settings: Any, store: Any, ledger: Any, results: str, args: Any) -> int:
