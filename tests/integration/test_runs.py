@@ -171,3 +171,27 @@ def test_gvw_runs_seal_finishes_a_run_whose_jobs_have_ended(
     assert sealed.returncode == 0, sealed.stderr
     assert f"run {run_id}: sealed, finished" in sealed.stdout
     assert gvw("runs", "seal", "nobody-knows", env=stack.env).returncode == 1
+
+
+def test_counts_a_redis_lost_are_made_again_from_storage(stack: Stack) -> None:
+    prefix = f"recount-{uuid.uuid4().hex[:8]}"
+    put_prefix(stack, prefix, good=5, bad=1)
+    done = gvw(
+        "enqueue-prefix", f"s3://inbox/{prefix}/", "--task", "caption", "--wait",
+        env=stack.env, timeout_s=120,
+    )  # fmt: skip
+    run_id = first_line_run(done.stdout)
+    wait_until(lambda: show(stack, run_id)["state"] == "finished", timeout_s=30, what="the end")
+    before = show(stack, run_id)
+    fleet = stack.redis.client(db=1)
+    fleet.delete(*fleet.keys(f"gvw:run:{run_id}:*"))  # the fleet's Redis lost the run
+
+    lost = show(stack, run_id)
+    assert lost["source"] == "storage" and lost["counts"] == before["counts"]
+    again = gvw("runs", "show", run_id, "--recount", "--json", env=stack.env)
+    assert again.returncode == 0, again.stderr
+    recounted = json.loads(again.stdout)
+    assert recounted["source"] == "fleet" and recounted["state"] == "finished"
+    assert recounted["members"] == 6 and recounted["counts"] == before["counts"]
+    assert recounted["failed_by_code"] == {"invalid_image": 1}
+    assert abs(recounted["spent_usd"] - before["spent_usd"]) < 1e-6

@@ -257,3 +257,18 @@ def test_every_key_of_a_run_expires_and_touch_renews_it() -> None:
         client.expire(key, 5)
     ledger.touch(RUN)
     assert all(client.ttl(k) > 5 for k in keys)
+
+
+def test_rebuild_replaces_the_counts_with_what_storage_holds(ledger: RunLedger) -> None:
+    ledger.add_members(RUN, ["a", "b", "stale"], folder=FOLDER)
+    ledger.move(RUN, "stale", "r", folder=FOLDER)
+    ledger.rebuild(
+        RUN, {"a": "s", "b": "f:invalid_image", "c": "q"}, folder=FOLDER, sealed=True,
+        spent_usd=0.5,
+    )  # fmt: skip
+    assert counts_of(ledger) == {
+        "members": 3, "queued": 1, "succeeded": 1, "failed:invalid_image": 1,
+    }  # fmt: skip
+    counts = ledger.counts(RUN)
+    assert counts is not None and counts.sealed and counts.spent_usd == 0.5
+    assert ledger.move(RUN, "c", "s", folder=FOLDER).finished

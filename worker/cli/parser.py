@@ -365,6 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--watch", action="store_true", help="refresh (in place on a terminal) until it ends"
     )
     runs_show.add_argument(
+        "--recount",
+        action="store_true",
+        help="count the run again from storage first (its members and their records: a "
+        "request a job), for a fleet Redis that lost its counts",
+    )
+    runs_show.add_argument(
         "--interval",
         type=positive_float,
         default=2.0,

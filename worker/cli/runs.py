@@ -111,6 +111,11 @@ def _list(store: Any, ledger: Any, results: str, *, as_json: bool) -> int:
 def _show(store: Any, ledger: Any, results: str, args: argparse.Namespace) -> int:
     from worker.producers.runs import run_summary
 
+    if args.recount:
+        counted = _recount(store, ledger, results, args.run_id)
+        if counted is None:
+            return EXIT_FAILED
+        print(f"run {args.run_id}: counted again from storage, {counted} jobs", file=sys.stderr)
     out = sys.stdout
     drawn = 0
     while True:
@@ -135,6 +140,42 @@ def _show(store: Any, ledger: Any, results: str, args: argparse.Namespace) -> in
         if not args.watch or summary.state != "running" or summary.source != "fleet":
             return EXIT_OK
         time.sleep(args.interval)
+
+
+def _recount(store: Any, ledger: Any, results: str, run_id: str) -> int | None:
+    from worker.contract.records import ErrorRecord, read_record
+    from worker.producers.client import VisionClient
+    from worker.producers.runs import recount
+    from worker.settings import get_settings
+
+    definition = store.definition(results, run_id)
+    if ledger is None:
+        fail("the fleet's Redis (GVW_REDIS_URL) does not answer: nowhere to count")
+        return None
+    if definition is None or definition.source.kind != "prefix":
+        fail(
+            f"run {run_id} has no members in storage to count (only gvw enqueue-prefix keeps them)"
+        )
+        return None
+    client = VisionClient(settings=get_settings(), stores=store.stores)
+    output = definition.template.get("output")
+
+    def record_of(job_id: str) -> tuple[str | None, float | None]:
+        found = client.result(job_id, output=output)
+        if found is None:
+            return None, None
+        record = read_record(json.dumps(found).encode())
+        if isinstance(record, ErrorRecord):
+            return record.error.code, None
+        return None, record.usage.cost_usd
+
+    return recount(
+        store,
+        ledger,
+        definition,
+        committed=client.committed(output=output),
+        record_of=record_of,
+    )
 
 
 def _draw(out: TextIO, lines: list[str], drawn: int, *, in_place: bool) -> int:

@@ -254,3 +254,34 @@ def plan_retry(
         elif state == "failed" and (not codes or error_code(member.job_id) in codes):
             failed.append(member)
     return RetryPlan(failed, missing)
+
+
+def recount(
+    store: RunStore,
+    ledger: RunLedger,
+    definition: RunDefinition,
+    *,
+    committed: Mapping[str, str],
+    record_of: Any,
+) -> int:
+    """The run's counts made again from storage (a fleet Redis that lost them): its
+    members, each job's record from one listing (`committed`: job id -> "succeeded" |
+    "failed"), and each record read (`record_of(job_id)`: the code of a failure, the cost
+    of a success; a request a job: a repair, not a routine). Returns the members."""
+    from worker.runs.ledger import failed_state
+
+    results, run_id = definition.results, definition.run_id
+    states: dict[str, str] = {}
+    spent_usd = 0.0
+    for member in store.members(results, run_id):
+        state = committed.get(member.job_id)
+        if state is None:
+            states.setdefault(member.job_id, "q")
+            continue
+        code, cost = record_of(member.job_id)
+        states[member.job_id] = failed_state(code or "unknown") if state == "failed" else "s"
+        spent_usd += cost or 0.0
+    last = store.summary(results, run_id)
+    sealed = last.sealed if last is not None else False
+    ledger.rebuild(run_id, states, folder=results, sealed=sealed, spent_usd=spent_usd)
+    return len(states)

@@ -25,7 +25,7 @@ its round's: it is sent once). A retry reopens a finished run in a new `round`.
 
 The counts are a cache of what storage holds (the records under the run's folder and its
 membership, `worker.runs.store`): a Redis that lost them is refilled by `gvw runs show
---recount`.
+RUN --recount` (`rebuild`), for a run whose members storage keeps (`gvw enqueue-prefix`).
 """
 
 from __future__ import annotations
@@ -179,6 +179,13 @@ class RunLedger(Protocol):
 
     def touch(self, run_id: str) -> None:
         """Renew the lifetime of the run's keys (`ttl_s` from now)."""
+        ...
+
+    def rebuild(
+        self, run_id: str, states: Mapping[str, str], *, folder: str, sealed: bool, spent_usd: float
+    ) -> None:
+        """Counts made again from what storage holds (`gvw runs show --recount`): every
+        key of the run replaced by these states."""
         ...
 
     # --- the run's cost cap ---------------------------------------------------------------
@@ -438,6 +445,15 @@ class RedisRunLedger:
             pipe.expire(key, self._ttl_s)
         pipe.execute()
 
+    def rebuild(
+        self, run_id: str, states: Mapping[str, str], *, folder: str, sealed: bool, spent_usd: float
+    ) -> None:
+        self._redis.delete(*_keys(run_id))
+        self.add_ended(run_id, states, folder=folder)  # any state: ended ones are counted so
+        self._redis.hset(_keys(run_id)[2], "spent_nano", _nano(spent_usd))
+        if sealed:
+            self.seal(run_id)
+
     def set_cap(self, run_id: str, max_usd: float | None) -> None:
         meta = _keys(run_id)[2]
         if max_usd is None:
@@ -585,6 +601,18 @@ class LocalRunLedger:
 
     def touch(self, run_id: str) -> None:
         return None  # one process's memory: nothing expires
+
+    def rebuild(
+        self, run_id: str, states: Mapping[str, str], *, folder: str, sealed: bool, spent_usd: float
+    ) -> None:
+        with self._mutex:
+            for table in (self._jobs, self._meta, self._minutes):
+                table.pop(run_id, None)
+        self.add_ended(run_id, states, folder=folder)
+        with self._mutex:
+            self._meta[run_id]["spent_nano"] = str(_nano(spent_usd))
+        if sealed:
+            self.seal(run_id)
 
     def set_cap(self, run_id: str, max_usd: float | None) -> None:
         with self._mutex:

@@ -32,6 +32,10 @@ class RunStore:
     def __init__(self, stores: ObjectStore) -> None:
         self._stores = stores
 
+    @property
+    def stores(self) -> ObjectStore:
+        return self._stores
+
     def create(self, definition: RunDefinition) -> bool:
         """Write run.json once; False when a run of that id exists already."""
         return self._stores.create_exclusive(
