@@ -247,3 +247,43 @@ def test_resume_raises_the_cap_in_run_json(fleet: FleetFactory) -> None:
         wait_until(lambda: show(stack, run_id)["state"] == "finished", timeout_s=60, what="end")
         body = stack.s3.get_object(Bucket="results", Key=f"vision/_runs/{run_id}/run.json")
         assert json.loads(body["Body"].read())["max_usd"] == 5
+
+
+def test_a_batch_mode_run_is_capped_at_the_batch_price_then_resumed(fleet: FleetFactory) -> None:
+    """Batch mode: each request reserves its estimate at the batch price when it parks,
+    and settles at its answer's cost when the batch's answer is published."""
+    env = {"GVW_BATCH_MAX_WAIT_S": "0.5", "GVW_BATCH_POLL_S": "0.5"}
+    jobs = 12
+    with fleet(workers=2, concurrency=2, extra_env=env) as stack:
+        stack.emulator.configure(batch_done_after_s=0.5)
+        prefix = f"capbatch-{uuid.uuid4().hex[:8]}"
+        put_many(stack, prefix, jobs)
+        args = ["enqueue-prefix", f"s3://inbox/{prefix}/", "--task", "caption"]
+        args += ["--options", CAP_OPTIONS, "--batch"]
+        dry = gvw(stack, *args, "--dry-run", "--sample", "3")
+        estimate = re.search(r"\$([\d.]+) through the Batch API", dry.stdout)
+        assert estimate is not None, dry.stdout
+        per_job_usd = float(estimate.group(1)) / jobs
+        cap_usd = round(per_job_usd * 4.5, 9)  # room for four batch estimates
+        run_id = run_id_of(gvw(stack, *args, "--max-usd", str(cap_usd)).stdout)
+
+        def settled() -> bool:
+            counts = show(stack, run_id)["counts"]
+            return counts["succeeded"] + counts["held"] == jobs and counts["batched"] == 0
+
+        wait_until(settled, timeout_s=120, what="every job answered or held", interval_s=0.5)
+        capped = show(stack, run_id)
+        paid = result_records(stack, member_ids(stack, run_id))
+        resumed = gvw(stack, "runs", "resume", run_id, "--no-cap")
+        assert resumed.returncode == 0, resumed.stderr
+        wait_until(
+            lambda: show(stack, run_id)["state"] == "finished", timeout_s=120, what="the end"
+        )
+        final = show(stack, run_id)
+        records = result_records(stack, member_ids(stack, run_id))
+
+    costs = [r["usage"]["cost_usd"] for r in paid.values()]
+    assert capped["counts"]["held"] > 0 and len(paid) >= 4
+    assert all(r["mode"] == "batch" for r in records.values())
+    assert sum(costs) <= cap_usd + max(costs), (sum(costs), cap_usd)
+    assert final["counts"]["succeeded"] == jobs and final["max_usd"] is None

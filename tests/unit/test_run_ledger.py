@@ -272,3 +272,15 @@ def test_rebuild_replaces_the_counts_with_what_storage_holds(ledger: RunLedger) 
     counts = ledger.counts(RUN)
     assert counts is not None and counts.sealed and counts.spent_usd == 0.5
     assert ledger.move(RUN, "c", "s", folder=FOLDER).finished
+
+
+def test_settling_a_call_that_reserved_nothing_is_no_error(ledger: RunLedger) -> None:
+    """A call asked while the run had no cap (lifted by a resume) reserved nothing: its
+    settle only adds what it cost."""
+    ledger.open(RUN, folder=FOLDER)
+    assert ledger.reserve(RUN, "a", 0.2)  # no cap: nothing kept
+    ledger.settle(RUN, "a", 0.1)
+    ledger.set_cap(RUN, 1.0)
+    counts = ledger.counts(RUN)
+    assert counts is not None and counts.paid_usd == pytest.approx(0.1)
+    assert counts.reserved_usd == 0

@@ -335,7 +335,9 @@ return 1
 _SETTLE_LUA = """
 local old = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
 redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('HINCRBY', KEYS[1], 'reserved_nano', -old)
+-- 0 - old, not -old: Lua writes -0 as "-0", which HINCRBY refuses (a call reserved
+-- nothing when the run had no cap then)
+redis.call('HINCRBY', KEYS[1], 'reserved_nano', 0 - old)
 redis.call('HINCRBY', KEYS[1], 'paid_nano', tonumber(ARGV[2]))
 return 1
 """
