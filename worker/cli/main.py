@@ -12,6 +12,7 @@ from tasks.errors import GvwError
 from worker.bridge.cli import run_bridge
 from worker.cli.common import EXIT_FAILED, EXIT_USAGE, UsageError, fail
 from worker.cli.events import cmd_events
+from worker.cli.export import cmd_export
 from worker.cli.fleet_state import cmd_batches, cmd_dead_letters, cmd_files
 from worker.cli.jobs import cmd_result, cmd_status, cmd_submit
 from worker.cli.operate import cmd_costs, cmd_demo, cmd_doctor, cmd_emulator, cmd_worker
@@ -59,6 +60,7 @@ _HANDLERS = {
     "doctor": cmd_doctor,
     "enqueue-prefix": cmd_enqueue_prefix,
     "runs": cmd_runs,
+    "export": cmd_export,
     "bridge": run_bridge,
 }
 

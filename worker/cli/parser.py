@@ -417,6 +417,18 @@ def build_parser() -> argparse.ArgumentParser:
         )
         one.add_argument("--json", action="store_true", help="print JSON")
 
+    export = sub.add_parser(
+        "export",
+        help="a run's (or a results folder's) records as a Parquet dataset, incrementally",
+        description="One row per job (docs/exports.md): written in parts beside the "
+        "results ({results}/_exports/RUN/) or to --to; a second export adds only the "
+        "records the dataset does not hold yet.",
+    )
+    export.add_argument("target", metavar="RUN|PREFIX", help="a run's id, or a results folder URI")
+    export.add_argument("--output", metavar="URI", help="the run's results folder")
+    export.add_argument("--to", metavar="URI", help="the dataset's folder")
+    export.add_argument("--json", action="store_true", help="print JSON")
+
     dead = sub.add_parser(
         "dead-letters",
         help="jobs that failed for good: list, replay",
