@@ -88,3 +88,22 @@ def test_an_export_of_a_results_folder_adds_only_new_records(stack: Stack) -> No
     assert first["added"] == 2 and second["added"] == 1 and second["already_there"] == 2
     table = dataset(stack, to.removeprefix("s3://results/") + "/")
     assert table.num_rows == 3 and len(set(table.column("job_id").to_pylist())) == 3
+
+
+def test_gvw_show_prints_a_job_and_downloads_its_overlay(stack: Stack, tmp_path: Any) -> None:
+    scene = make_scene(200, 150, shapes=["red circle", "blue rectangle"], seed=3)
+    uri = stack.put(f"show/{uuid.uuid4().hex}.png", scene.png_bytes())
+    job_id = stack.submit({"task": "detect", "images": [uri], "prompt": "the shapes"})
+    record = stack.record(job_id)
+    env = {k: v for k, v in stack.env.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    shown = gvw("show", job_id, "--open", env=env, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert f"{job_id}: succeeded (detect" in shown.stdout
+    assert f"{len(record['output']['objects'])} objects:" in shown.stdout
+    overlay_uri = record["artifacts"]["overlay"]
+    path = tmp_path / "gvw-show" / job_id / overlay_uri.rsplit("/", 1)[-1]
+    assert f"overlay: gvw-show/{job_id}/" in shown.stdout and "no display" in shown.stdout
+    stored = stack.s3.get_object(Bucket="results", Key=overlay_uri.removeprefix("s3://results/"))[
+        "Body"
+    ].read()
+    assert path.read_bytes() == stored

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from worker.cli.common import EXIT_FAILED, EXIT_OK, EXIT_UNKNOWN, fail, job_options
@@ -118,3 +123,46 @@ def cmd_result(args: argparse.Namespace) -> int:
         fail(f"no result for {args.job_id} yet: {state.state}; {seen}")
         return EXIT_FAILED
     return _print_record(record, as_json=args.json)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """`gvw show JOB [--open]`: the job's record as `result` prints it; with --open, its
+    overlay downloaded (beside the working directory, `gvw-show/JOB/`) and opened where
+    there is a display, else its path printed."""
+    status = cmd_result(args)
+    if not args.open:
+        return status
+    from worker.producers.client import VisionClient
+    from worker.storage import StoreRouter
+
+    stores = StoreRouter()
+    record = VisionClient(stores=stores).result(args.job_id, output=args.output)
+    overlay = ((record or {}).get("artifacts") or {}).get("overlay")
+    if not isinstance(overlay, str):
+        fail(f"{args.job_id}: no overlay to open (only detect and segment draw one)")
+        return EXIT_FAILED
+    folder = Path("gvw-show") / args.job_id  # a job id is a safe file name
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / overlay.rsplit("/", 1)[-1]
+    path.write_bytes(stores.get_bytes(overlay, max_bytes=OVERLAY_MAX_BYTES))
+    opener = _opener()
+    if opener is None:
+        print(f"overlay: {path} (no display to open it on)")
+        return status
+    subprocess.run([opener, str(path)], check=False, stdin=subprocess.DEVNULL)
+    print(f"overlay: {path}")
+    return status
+
+
+# an overlay is at most GVW_OVERLAY_MAX_SIDE_PX on a side, as JPEG or PNG
+OVERLAY_MAX_BYTES = 64_000_000
+
+
+def _opener() -> str | None:
+    """The desktop's opener where there is a display: `open` on macOS, `xdg-open` with an
+    X or Wayland display."""
+    if sys.platform == "darwin":
+        return "open"
+    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        return shutil.which("xdg-open")
+    return None

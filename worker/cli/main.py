@@ -14,7 +14,7 @@ from worker.cli.common import EXIT_FAILED, EXIT_USAGE, UsageError, fail
 from worker.cli.events import cmd_events
 from worker.cli.export import cmd_export
 from worker.cli.fleet_state import cmd_batches, cmd_dead_letters, cmd_files
-from worker.cli.jobs import cmd_result, cmd_status, cmd_submit
+from worker.cli.jobs import cmd_result, cmd_show, cmd_status, cmd_submit
 from worker.cli.operate import cmd_costs, cmd_demo, cmd_doctor, cmd_emulator, cmd_worker
 from worker.cli.parser import build_parser
 from worker.cli.prefix import cmd_enqueue_prefix
@@ -61,6 +61,7 @@ _HANDLERS = {
     "enqueue-prefix": cmd_enqueue_prefix,
     "runs": cmd_runs,
     "export": cmd_export,
+    "show": cmd_show,
     "bridge": run_bridge,
 }
 

@@ -236,6 +236,17 @@ def build_parser() -> argparse.ArgumentParser:
             "--output", metavar="URI", help="the results folder the job named (its --output)"
         )
         cmd.add_argument("--json", action="store_true", help="print JSON")
+    show = sub.add_parser(
+        "show",
+        help="a job at a glance: status, answer, cost, warnings, artifacts; --open its overlay",
+        description="The job's record as gvw result prints it; with --open, its overlay is "
+        "downloaded to ./gvw-show/JOB_ID/ and opened where there is a display (its path "
+        "printed otherwise).",
+    )
+    show.add_argument("job_id", metavar="JOB_ID", help="the job's id")
+    show.add_argument("--output", metavar="URI", help="the results folder the job named")
+    show.add_argument("--json", action="store_true", help="print the record as stored")
+    show.add_argument("--open", action="store_true", help="download and open the overlay")
 
     worker = sub.add_parser(
         "worker",
