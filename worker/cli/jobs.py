@@ -109,11 +109,21 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_result(args: argparse.Namespace) -> int:
+    return _show_record(args, _stored_record(args))
+
+
+def _stored_record(args: argparse.Namespace, stores: Any = None) -> dict[str, Any] | None:
     from worker.producers.client import VisionClient
 
-    client = VisionClient()
-    record = client.result(args.job_id, output=args.output)
+    return VisionClient(stores=stores).result(args.job_id, output=args.output)
+
+
+def _show_record(args: argparse.Namespace, record: dict[str, Any] | None) -> int:
+    """The record as `gvw result` prints it; without one, what the fleet knows."""
+    from worker.producers.client import VisionClient
+
     if record is None:
+        client = VisionClient()
         state = client.status(args.job_id, output=args.output)
         if state.state == "failed" and state.error_code:
             # failed for good, its error.json unwritten: the fleet's dead letter says so
@@ -129,15 +139,14 @@ def cmd_show(args: argparse.Namespace) -> int:
     """`gvw show JOB [--open]`: the job's record as `result` prints it; with --open, its
     overlay downloaded (beside the working directory, `gvw-show/JOB/`) and opened where
     there is a display, else its path printed."""
-    status = cmd_result(args)
-    if not args.open:
-        return status
-    from worker.producers.client import VisionClient
     from worker.storage import StoreRouter
 
     stores = StoreRouter()
-    record = VisionClient(stores=stores).result(args.job_id, output=args.output)
-    overlay = ((record or {}).get("artifacts") or {}).get("overlay")
+    record = _stored_record(args, stores)
+    status = _show_record(args, record)
+    if not args.open or record is None:
+        return status
+    overlay = (record.get("artifacts") or {}).get("overlay")
     if not isinstance(overlay, str):
         fail(f"{args.job_id}: no overlay to open (only detect and segment draw one)")
         return EXIT_FAILED

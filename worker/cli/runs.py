@@ -213,20 +213,15 @@ def describe(summary: Any) -> list[str]:
         + (f" of at most ${summary.max_usd:g}" if summary.max_usd is not None else ""),
     ]
     if summary.state == "running":
-        eta = f", about {_clock(summary.eta_s)} left" if summary.eta_s is not None else ""
+        from worker.producers.progress import clock
+
+        eta = f", about {clock(summary.eta_s)} left" if summary.eta_s is not None else ""
         lines.append(f"  {summary.rate_per_min:.1f} jobs/min over the last minutes{eta}")
     elif summary.finished_at:
         lines.append(f"  finished {summary.finished_at}")
     if summary.summary_uri:
         lines.append(f"  {summary.summary_uri}")
     return lines
-
-
-def _clock(seconds: float) -> str:
-    whole = round(seconds)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def _retry(

@@ -39,13 +39,13 @@ class Progress:
         """``"12.5/s, 0:42 left"`` (or just the elapsed time before the first item)."""
         elapsed_s = time.monotonic() - self._started
         if done <= 0 or elapsed_s <= 0:
-            return f"{_clock(elapsed_s)} elapsed"
+            return f"{clock(elapsed_s)} elapsed"
         rate = done / elapsed_s
         left_s = max(self._total - done, 0) / rate
         return (
-            f"{rate:.1f}/s, {_clock(left_s)} left"
+            f"{rate:.1f}/s, {clock(left_s)} left"
             if done < self._total
-            else (f"{rate:.1f}/s, done in {_clock(elapsed_s)}")
+            else (f"{rate:.1f}/s, done in {clock(elapsed_s)}")
         )
 
     def close(self) -> None:
@@ -54,7 +54,8 @@ class Progress:
             self._stream.flush()
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
+    """``42:07`` or ``1:02:03``: a duration for people (progress lines, `gvw runs show`)."""
     whole = round(seconds)
     hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)
