@@ -28,17 +28,19 @@ jobs (each on its own image, so each pays its model call), then an idle window a
 the worker's cost per job is (jobs window - idle window) / N. What the idle worker sends
 (its timers: heartbeat, unacked restore, binding refresh, health checks, a batch
 follower) is its own row, "polling": about 0, give or take one tick of a timer a window;
-the purpose rows count the rest whole, so they are exact. A BRPOP that times out (the idle worker's wait for work) is told from one that
-brings a job by its answer and left out: what remains is a loaded worker's one BRPOP a
-job. The producers' cost is their whole traffic / N. Every fleet feature that talks to
-Redis is on (GVW_RATE_LIMIT_RPM, GVW_BUDGET_USD_PER_DAY, GVW_ANSWER_CACHE_TTL_S;
+the purpose rows count the rest whole, so they are exact. A wait for work answered with
+nothing (a BRPOP that timed out; since the atomic take, a BLMOVE wait that timed out or a
+take that found the queue empty) is told from one that brings a job by its answer and
+left out: what remains is what brings each job. The producers' cost is their whole
+traffic / N. Every fleet feature that talks to Redis is on (GVW_RATE_LIMIT_RPM, GVW_BUDGET_USD_PER_DAY, GVW_ANSWER_CACHE_TTL_S;
 `--features off` for the shipped defaults). Each figure is the median of --repeat runs.
 With `--compare BEFORE`, BEFORE (an older checkout) runs first in the same run and each
 row shows after/before. Nothing of the code under test is imported here: the script works
 unchanged against older checkouts (flat worker/*.py, e.g. 81c5917):
 
     git clone -q . /tmp/redis_ops_before && git -C /tmp/redis_ops_before checkout -q 81c5917
-    .venv/bin/python benchmarks/redis_ops.py [--jobs 20] [--repeat 3] [--tasks caption,segment]
+    .venv/bin/python benchmarks/redis_ops.py [--jobs 20] [--repeat 3] [--tasks
+caption,segment]
         [--repo PATH] [--compare /tmp/redis_ops_before] [--latency-ms 0] [--json]
 """
 
@@ -387,7 +389,7 @@ class CountingProxy:
                         conn.subscribed, nulls = True, []  # pairs no more
                     for null in nulls:
                         event = conn.pending.popleft() if conn.pending else None
-                        if null and event is not None and event.args[0].upper() == b"BRPOP":
+                        if null and event is not None and is_wait_for_work(event.args):
                             event.empty = True
                 client.sendall(data)
         except OSError:
@@ -414,6 +416,14 @@ def _shut(*socks: socket.socket) -> None:
 
 def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "backslashreplace").encode("unicode_escape").decode("ascii")
+
+
+def is_wait_for_work(args: tuple[bytes, ...]) -> bool:
+    """A command of the worker's wait for a message, told apart when answered with nothing:
+    kombu's BRPOP, or worker.queue.broker_transport's wait (BLMOVE of a queue onto itself)
+    and take (a script whose first key is `unacked`)."""
+    name = args[0].upper()
+    return name in (b"BRPOP", b"BLMOVE") or (name == b"EVAL" and command_key(args) == b"unacked")
 
 
 def command_key(args: tuple[bytes, ...]) -> bytes | None:

@@ -6,6 +6,8 @@ until a request whose bytes contain an armed pattern (an S3 path, such as
 `/results/vision/{job}/result.json`) arrives: that request is *not* forwarded, its
 connection stalls, and the gate calls the test back. The worker is then frozen at a known
 point (waiting for the answer to that request) for the test to kill, stop or let go.
+Armed with ``replies=True``, answers are watched too: the first bytes naming a job in either
+direction (a Redis reply handing it over, a command recording it) are the ones held.
 
 Boto3 addresses loopback endpoints path-style and sends a request's headers in one write,
 so the request line (method and path) is in one received chunk; a short tail of the
@@ -31,6 +33,8 @@ class TcpGate:
         self._mutex = threading.Lock()
         self._pattern: bytes | None = None
         self._on_match: Callable[[], None] | None = None
+        self._replies = False
+        self._skip = 0
         self._sockets: set[socket.socket] = set()
         self._held: list[socket.socket] = []
         self.matches = 0
@@ -46,17 +50,28 @@ class TcpGate:
 
     # --- control ------------------------------------------------------------------------
 
-    def arm(self, pattern: str, on_match: Callable[[], None] | None = None) -> None:
-        """Stall every request containing `pattern` (and call `on_match` for each)."""
+    def arm(
+        self,
+        pattern: str,
+        on_match: Callable[[], None] | None = None,
+        *,
+        replies: bool = False,
+        skip: int = 0,
+    ) -> None:
+        """Stall every request containing `pattern` (and call `on_match` for each); with
+        `replies`, every answer containing it too. The first `skip` matches are forwarded."""
         with self._mutex:
             self._pattern = pattern.encode()
             self._on_match = on_match
+            self._replies = replies
+            self._skip = skip
             self.matched.clear()
 
     def disarm(self) -> None:
         with self._mutex:
             self._pattern = None
             self._on_match = None
+            self._replies = False
 
     def release(self) -> None:
         """Disarm, and drop the stalled connections (their requests never reach upstream)."""
@@ -122,32 +137,33 @@ class TcpGate:
                 continue
             with self._mutex:
                 self._sockets.update((client, upstream))
-            self._spawn(self._pump_requests, "tcp-gate-up", client, upstream)
-            self._spawn(self._pump, "tcp-gate-down", upstream, client)
+            self._spawn(self._pump, "tcp-gate-up", client, upstream, False)
+            self._spawn(self._pump, "tcp-gate-down", upstream, client, True)
 
-    def _pump_requests(self, client: socket.socket, upstream: socket.socket) -> None:
+    def _holds(self, chunk: bytes, tail: bytes, reply: bool, pair: list[socket.socket]) -> bool:
+        """Whether this chunk is held (a match not skipped), counting the match."""
+        with self._mutex:
+            pattern, on_match = self._pattern, self._on_match
+            if pattern is None or (reply and not self._replies) or pattern not in tail + chunk:
+                return False
+            if self._skip > 0:
+                self._skip -= 1
+                return False
+            self._held.extend(pair)
+            self.matches += 1
+        self.matched.set()
+        if on_match is not None:
+            on_match()
+        return True
+
+    def _pump(self, source: socket.socket, sink: socket.socket, reply: bool) -> None:
         tail = b""
-        for chunk in _chunks(client):
-            with self._mutex:
-                pattern, on_match = self._pattern, self._on_match
-                hit = pattern is not None and pattern in tail + chunk
-                if hit:
-                    self._held.extend((client, upstream))
-                    self.matches += 1
-            if hit:
-                self.matched.set()
-                if on_match is not None:
-                    on_match()
-                return  # not forwarded: the client waits for an answer that never comes
-            tail = chunk[-256:]
-            try:
-                upstream.sendall(chunk)
-            except OSError:
-                break
-        self._close(upstream)
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         for chunk in _chunks(source):
+            if self._holds(chunk, tail, reply, [source, sink]):
+                # not forwarded: the client waits for an answer (or the server for the
+                # rest of a request) that never comes
+                return
+            tail = chunk[-256:]
             try:
                 sink.sendall(chunk)
             except OSError:

@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from kombu import Connection, Exchange, Queue
 
 from tests.conftest import GEMINI_REAL
@@ -173,6 +174,42 @@ def test_malformed_messages_are_recorded_and_never_stop_a_worker(fleet: FleetFac
         assert stack.model_calls() == 1  # only the normal job reached the model
         log = stack.worker.log()
         assert "malformed task message" in log
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{not json",
+        b'"a string"',
+        b"[1, 2]",
+        b'{"body": "no properties"}',
+        b'{"properties": "not a mapping"}',
+        b'{"properties": {"delivery_tag": "t-1"}}',  # no delivery_info
+        b'{"properties": {"delivery_info": {"routing_key": "vision"}}}',  # no delivery tag
+        b"[" * 5000 + b"]" * 5000,  # deeper than either JSON reader goes
+    ],
+    ids=["not-json", "string", "list", "no-properties", "bad-properties", "no-info", "no-tag",
+         "deep"],
+)  # fmt: skip
+def test_a_queue_entry_that_is_no_message_at_all_is_dropped_loudly_and_never_stops_a_worker(
+    fleet: FleetFactory, raw: bytes
+) -> None:
+    # pushed straight onto the queue's list, below kombu: no envelope to acknowledge,
+    # reject or restore
+    with fleet(workers=1, concurrency=2) as stack:
+        broker = stack.redis.client(db=0)
+        broker.lpush("vision", raw)
+        after = stack.submit({"task": "caption", "images": [put_scene(stack)]})
+        assert stack.record(after)["status"] == "succeeded"
+        wait_until(lambda: broker_is_drained(stack), timeout_s=30, what="every message taken")
+        assert stack.worker.proc.poll() is None, stack.worker.log()[-3000:]
+        wait_until(
+            lambda: (
+                "an unreadable message was taken off queue vision and dropped" in stack.worker.log()
+            ),
+            timeout_s=10,
+            what="the worker's log line on the dropped entry",
+        )
 
 
 # --- 2. a job id is an idempotency key, not a capability --------------------------------------

@@ -517,36 +517,63 @@ def test_redis_restart_with_jobs_queued_and_running_loses_and_doubles_nothing(
         assert "ready." in stack.workers[0].log()
 
 
-def test_redis_lost_after_handing_a_job_over_before_recording_it_unacked_loses_nothing(
-    fleet: FleetFactory, tmp_path: Path
-) -> None:
-    # kombu takes a message off the queue (BRPOP) and then, in a second command, records it
-    # as unacknowledged: Redis dying in between leaves the job in neither place, and only
-    # the worker that received it still has it
-    with fleet(workers=0, redis_appendonly=True) as stack, TcpGate(stack.redis.port) as gate:
-        env = {**stack.env, "CELERY_BROKER_URL": f"redis://127.0.0.1:{gate.port}/0"}
-        worker = start_worker(env, tmp_path, name="w1", pool="prefork", concurrency=1)
-        stack.workers.append(worker)
-        job_id = f"t-{uuid.uuid4().hex[:12]}"
-        # the worker's first broker command naming the job is that unacked record
-        gate.arm(job_id)
-        stack.submit({"job_id": job_id, "task": "caption", "images": [put_scene(stack)]})
-        assert gate.matched.wait(30), "the worker never took the job"
+# Taking a job off the queue, the job crosses the worker's broker connection twice: Redis
+# hands it over, and it is recorded as unacknowledged (kombu: the BRPOP reply, then the HSET
+# naming it). `crossing` is the one the gate holds (its bytes name the job), with the worker
+# frozen there.
+CROSSINGS = pytest.mark.parametrize("crossing", [1, 2], ids=["first-crossing", "second-crossing"])
 
-        stack.redis.restart(down_s=0.5)
-        broker = stack.redis.client(db=0)
-        assert broker.llen("vision") == 0 and broker.hlen("unacked") == 0  # only w1 has it
+
+def worker_held_taking_a_job(
+    stack: Stack, gate: TcpGate, log_dir: Path, pool: str, crossing: int
+) -> tuple[CeleryWorker, str]:
+    """A worker whose broker traffic goes through `gate`, frozen at that crossing of a job."""
+    env = {**stack.env, "CELERY_BROKER_URL": f"redis://127.0.0.1:{gate.port}/0"}
+    worker = start_worker(env, log_dir, name="w1", pool=pool, concurrency=1)
+    stack.workers.append(worker)  # stopped with the stack
+    job_id = f"t-{uuid.uuid4().hex[:12]}"
+    gate.arm(job_id, replies=True, skip=crossing - 1)
+    stack.submit({"job_id": job_id, "task": "caption", "images": [put_scene(stack)]})
+    assert gate.matched.wait(30), "the worker never took the job"
+    return worker, job_id
+
+
+@CROSSINGS
+def test_a_worker_killed_as_it_takes_a_job_off_the_queue_leaves_the_job_for_another(
+    fleet: FleetFactory, tmp_path: Path, crossing: int
+) -> None:
+    # a worker killed outright (the OOM killer, a lost node) must leave the job where
+    # another worker finds it: on the queue, or recorded for the visibility timeout
+    with fleet(workers=0) as stack, TcpGate(stack.redis.port) as gate:
+        victim, job_id = worker_held_taking_a_job(stack, gate, tmp_path, "threads", crossing)
+
+        victim.proc.kill()  # SIGKILL: nothing of the worker runs on the way out
+        victim.proc.wait(timeout=20)
+        gate.release()
+        stack.workers.append(start_worker(stack.env, tmp_path, name="w2", concurrency=1))
+
+        # at worst the visibility timeout (and a restore interval) brings it back
+        records = assert_invariant(stack, [job_id], timeout_s=VISIBILITY_S + 60)
+        assert records[0]["status"] == "succeeded", records[0]
+        assert stack.model_calls() == 1
+
+
+@CROSSINGS
+def test_redis_lost_as_a_job_is_taken_off_the_queue_loses_nothing_and_waits_no_visibility_timeout(
+    fleet: FleetFactory, tmp_path: Path, crossing: int
+) -> None:
+    with fleet(workers=0, redis_appendonly=True) as stack, TcpGate(stack.redis.port) as gate:
+        worker, job_id = worker_held_taking_a_job(stack, gate, tmp_path, "prefork", crossing)
+
+        stack.redis.restart(down_s=0.5)  # SIGKILL: no goodbye to any client
         gate.release()
 
-        records = assert_invariant(stack, [job_id], timeout_s=60)
+        # the job runs as soon as Redis answers again, well inside the visibility timeout
+        # (a record waiting in `unacked` would come back only after it)
+        records = assert_invariant(stack, [job_id], timeout_s=VISIBILITY_S - 5)
         assert records[0]["status"] == "succeeded", records[0]
         assert stack.model_calls() == 1
         assert worker.proc.poll() is None
-        wait_until(
-            lambda: "put back on the queue" in worker.log(),
-            timeout_s=10,
-            what="the worker's log line on handing the job back",
-        )
 
 
 # --- 10. a 429 with retryDelay holds back the whole fleet --------------------------------------
