@@ -47,9 +47,10 @@ def publish(server: RedisServer, body: dict[str, Any], *, priority: int = 0) -> 
         )
 
 
-def take_one(conn: Connection) -> Any:
+def take_one(conn: Connection, *, no_ack: bool = False) -> Any:
     taken: list[Any] = []
-    with Consumer(conn, [QUEUE], callbacks=[lambda body, message: taken.append(message)]):
+    callbacks = [lambda body, message: taken.append(message)]
+    with Consumer(conn, [QUEUE], callbacks=callbacks, no_ack=no_ack):
         deadline = time.monotonic() + 10
         while not taken and time.monotonic() < deadline:
             try:
@@ -110,7 +111,7 @@ def test_a_take_that_cannot_record_leaves_the_message_on_its_queue(server: Redis
     broker.set("unacked", "not a hash")  # an operator's mistake: the record cannot be written
     keys = ["unacked", "unacked_index", "gvw:take:test", "vision"]
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
-        broker.eval(_TAKE_LUA, len(keys), *keys, time.time(), 1, 30)
+        broker.eval(_TAKE_LUA, len(keys), *keys, time.time(), 1, 30, "1")
     assert broker.llen("vision") == 1
 
 
@@ -118,5 +119,20 @@ def test_an_entry_that_is_no_envelope_is_taken_unrecorded(server: RedisServer) -
     broker = server.client()
     broker.lpush("vision", b"{not json")
     keys = ["unacked", "unacked_index", "gvw:take:test", "vision"]
-    assert broker.eval(_TAKE_LUA, len(keys), *keys, time.time(), 1, 30) == [0, b"{not json", b""]
+    assert broker.eval(_TAKE_LUA, len(keys), *keys, time.time(), 1, 30, "1") == [
+        0,
+        b"{not json",
+        b"",
+    ]
     assert broker.llen("vision") == 0 and broker.hlen("unacked") == 0
+
+
+def test_a_consumer_that_does_not_acknowledge_leaves_no_record(server: RedisServer) -> None:
+    # Celery's control replies (`celery inspect`) are consumed with no_ack: a record of
+    # them would never be acknowledged, and would come back after the visibility timeout
+    publish(server, {"reply": 1})
+    with connect(server) as conn:
+        assert take_one(conn, no_ack=True).payload == {"reply": 1}
+    broker = server.client()
+    assert broker.llen("vision") == 0
+    assert broker.hlen("unacked") == 0 and broker.zcard("unacked_index") == 0

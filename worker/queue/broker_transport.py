@@ -57,7 +57,10 @@ log = logging.getLogger(__name__)
 
 # KEYS: unacked, unacked_index, the channel's take note, then the queue keys in BRPOP order.
 # ARGV: now (s, the worker's clock, as kombu scores its records), the take's number, the
-# note's lifetime (s). Answers {index of the queue key, message, delivery tag or ""} or nil.
+# note's lifetime (s), then for each queue key (at the key's own index) "1" when its
+# consumer acknowledges, "0" when it does not (no_ack: Celery's control replies), whose
+# messages are not recorded. Answers {index of the queue key, message, delivery tag or ""}
+# or nil.
 # The record is written before the pop: a write that fails (a key of the wrong type) stops
 # the script with the message still on its queue, as a script's writes are not undone.
 _TAKE_LUA = """
@@ -82,12 +85,15 @@ for i = 4, #KEYS do
         end
       end
     end
-    if record then
+    if record and ARGV[i] == '1' then
       redis.call('ZADD', KEYS[2], ARGV[1], tag)
       redis.call('HSET', KEYS[1], tag, record)
       redis.call('SET', KEYS[3], ARGV[2] .. ':' .. tag, 'EX', ARGV[3])
     end
     redis.call('RPOP', KEYS[i])
+    if ARGV[i] ~= '1' then
+      tag = nil
+    end
     return {i - 4, raw, tag or ''}
   end
 end
@@ -168,6 +174,7 @@ class Channel(kombu_redis.Channel):
         self._poll_kind: str | None = None  # what the outstanding poll command is
         self._peek_next = False  # the last take found nothing: wait before the next
         self._take_queues: list[str] = []  # the queue of each key of the outstanding take
+        self._no_ack_queues: set[str] = set()  # consumed without acknowledgements
         self._take_note = f"gvw:take:{uuid.uuid4().hex}"
         self._take_numbers = itertools.count(1)
         self._take_number = 0
@@ -202,13 +209,24 @@ class Channel(kombu_redis.Channel):
             note_s = max(1, int(self.visibility_timeout) // 2)
             keys = [self.qos.unacked_key, self.qos.unacked_index_key, self._take_note]
             keys += [key for _, key in pairs]
-            command = ["EVAL", _TAKE_LUA, len(keys), *keys, time.time(), self._take_number, note_s]
+            acks = ["0" if queue in self._no_ack_queues else "1" for queue, _ in pairs]
+            command = ["EVAL", _TAKE_LUA, len(keys), *keys]
+            command += [time.time(), self._take_number, note_s, *acks]
             self._poll_kind = _TAKE
         self._in_poll = self.client.connection
         # kombu's, for its check of a poll that never answers (kombu types it None)
         self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]
         self.client.connection.send_command(*command)
         return None
+
+    def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
+        # kombu's `no_ack`, positional (virtual.Channel) or by name (kombu.Consumer)
+        no_ack = kwargs["no_ack"] if "no_ack" in kwargs else bool(args and args[0])
+        if no_ack:
+            self._no_ack_queues.add(queue)
+        else:
+            self._no_ack_queues.discard(queue)
+        return super().basic_consume(queue, *args, **kwargs)
 
     def _brpop_read(self, **options: Any) -> Any:
         kind, self._poll_kind = self._poll_kind, None
