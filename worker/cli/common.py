@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 EXIT_OK = 0
@@ -31,6 +32,18 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not allowed: at least 1")
     return value
+
+
+def bounded_int(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from `low` (1 or more) to `high`, both allowed."""
+
+    def parse(text: str) -> int:
+        value = positive_int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not allowed: from {low} to {high}")
+        return value
+
+    return parse
 
 
 def positive_float(text: str) -> float:

@@ -12,7 +12,7 @@ from tasks.errors import GvwError
 from worker.bridge.cli import run_bridge
 from worker.cli.common import EXIT_FAILED, EXIT_USAGE, UsageError, fail
 from worker.cli.events import cmd_events
-from worker.cli.export import cmd_export
+from worker.cli.export import cmd_export, cmd_report
 from worker.cli.fleet_state import cmd_batches, cmd_dead_letters, cmd_files
 from worker.cli.jobs import cmd_result, cmd_show, cmd_status, cmd_submit
 from worker.cli.operate import cmd_costs, cmd_demo, cmd_doctor, cmd_emulator, cmd_worker
@@ -61,6 +61,7 @@ _HANDLERS = {
     "enqueue-prefix": cmd_enqueue_prefix,
     "runs": cmd_runs,
     "export": cmd_export,
+    "report": cmd_report,
     "show": cmd_show,
     "bridge": run_bridge,
 }

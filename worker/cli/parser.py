@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from worker.bridge.cli import add_bridge_parser
-from worker.cli.common import non_negative_usd, positive_float, positive_int
+from worker.cli.common import bounded_int, non_negative_usd, positive_float, positive_int
 from worker.emulator.options import add_emulator_arguments
 from worker.producers.bulk import IMAGE_SUFFIXES
 
@@ -77,6 +77,12 @@ exit status:
   2  usage: a bad flag or flag value, or a setting in the environment that cannot be used
   3  `gvw status`: no job of that id is known (no record, not queued, not running)
 """
+
+
+def _add_records_target(parser: argparse.ArgumentParser) -> None:
+    """What `gvw export` and `gvw report` read: a run's records, or a results folder's."""
+    parser.add_argument("target", metavar="RUN|PREFIX", help="a run's id, or a results folder URI")
+    parser.add_argument("--output", metavar="URI", help="the run's results folder")
 
 
 def _version() -> str:
@@ -435,10 +441,41 @@ def build_parser() -> argparse.ArgumentParser:
         "results ({results}/_exports/RUN/) or to --to; a second export adds only the "
         "records the dataset does not hold yet.",
     )
-    export.add_argument("target", metavar="RUN|PREFIX", help="a run's id, or a results folder URI")
-    export.add_argument("--output", metavar="URI", help="the run's results folder")
+    _add_records_target(export)
     export.add_argument("--to", metavar="URI", help="the dataset's folder")
     export.add_argument("--json", action="store_true", help="print JSON")
+
+    report = sub.add_parser(
+        "report",
+        help="a run's (or a results folder's) records as one HTML page: summary and gallery",
+        description="A self-contained page (docs/exports.md): the counts by status, task, "
+        "error and label, and a gallery of every job (its overlay, else its input) with "
+        "filters by task, status, label and error. Written to ./gvw-report/NAME.html or --to.",
+    )
+    _add_records_target(report)
+    report.add_argument("--to", metavar="PATH|URI", help="where the page is written")
+    report.add_argument(
+        "--images",
+        choices=["embed", "link"],
+        default="embed",
+        help="embed: thumbnails inside the page (stands alone, never expires; the default); "
+        "link: pre-signed links to the full pictures, valid --link-lifetime-s",
+    )
+    report.add_argument(
+        "--link-lifetime-s",
+        type=bounded_int(60, 7 * 86400),  # SigV4 signs for at most 7 days
+        default=86400,
+        metavar="S",
+        help="how long the links of --images link load (default 1 day, at most 7)",
+    )
+    report.add_argument(
+        "--limit",
+        type=bounded_int(1, 100_000),
+        default=2000,
+        metavar="N",
+        help="jobs in the gallery (default 2000); the summary counts all",
+    )
+    report.add_argument("--json", action="store_true", help="print JSON")
 
     dead = sub.add_parser(
         "dead-letters",
